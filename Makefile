@@ -1,0 +1,100 @@
+# loopd — one plain Makefile.  `make` builds build/loopd and starts nothing.
+#   make run      install deps, build, start on 127.0.0.1:9300 (SQLite in ./data)
+#   make test     install deps, build, run every test (unit, API, ASan+UBSan API)
+#   make bench    benchmarks (wrk against loopd and nginx)
+#   make asan     build build/asan/loopd with AddressSanitizer + UBSan
+#   make format   clang-format the sources; `make check-format` verifies
+
+CC      ?= cc
+PKGS    := libmicrohttpd jansson sqlite3 libcurl
+CFLAGS_BASE := -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
+	-Wno-unused-parameter -Isrc $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+CFLAGS  ?= -O2 -g
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
+LISTEN  ?= 127.0.0.1:9300
+DATA    ?= ./data
+PY      := /usr/bin/python3
+
+SRCS := $(sort $(wildcard src/*.c src/*/*.c))
+LIB_SRCS := $(filter-out src/main.c,$(SRCS))
+GEN  := build/gen/openapi_doc.c
+
+OBJS      := $(patsubst src/%.c,build/obj/%.o,$(SRCS)) build/obj/gen/openapi_doc.o
+ASAN_OBJS := $(patsubst src/%.c,build/asan/obj/%.o,$(SRCS)) build/asan/obj/gen/openapi_doc.o
+LIB_OBJS  := $(patsubst src/%.c,build/obj/%.o,$(LIB_SRCS)) build/obj/gen/openapi_doc.o
+ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(patsubst tests/unit/%.c,build/unit/%,$(UNIT_SRCS))
+
+.PHONY: all run test unit api api-asan asan bench format check-format deps clean
+
+all: build/loopd
+
+build/loopd: $(OBJS)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+build/obj/%.o: src/%.c $(wildcard src/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) -c -o $@ $<
+
+build/obj/gen/%.o: build/gen/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) -c -o $@ $<
+
+$(GEN): docs/openapi.json scripts/embed
+	@mkdir -p $(dir $@)
+	scripts/embed loopd_openapi_json $< > $@
+
+asan: build/asan/loopd
+build/asan/loopd: $(ASAN_OBJS)
+	$(CC) $(ASAN_FLAGS) -o $@ $^ $(LDLIBS)
+build/asan/obj/%.o: src/%.c $(wildcard src/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(ASAN_FLAGS) -c -o $@ $<
+build/asan/obj/gen/%.o: build/gen/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(ASAN_FLAGS) -c -o $@ $<
+
+build/unit/%: tests/unit/%.c $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+deps:
+	@scripts/install-deps
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/run-banner $(LISTEN) $(DATA)
+	exec build/loopd --listen $(LISTEN) --data-dir $(DATA)
+
+unit: $(UNIT_BINS)
+	@scripts/run-units $(UNIT_BINS)
+
+api: build/loopd
+	$(PY) -m pytest -q tests/api
+
+api-asan: build/asan/loopd
+	LOOPD_BIN=build/asan/loopd ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	$(PY) -m pytest -q tests/api
+
+test: deps
+	@$(MAKE) --no-print-directory all check-format
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory api
+	@$(MAKE) --no-print-directory api-asan
+
+bench: 
+	@scripts/install-deps --bench
+	@$(MAKE) --no-print-directory all
+	bench/run
+
+format:
+	clang-format -i $(SRCS) $(wildcard src/*.h src/*/*.h) $(UNIT_SRCS)
+
+check-format:
+	@clang-format --dry-run -Werror $(SRCS) $(wildcard src/*.h src/*/*.h) $(UNIT_SRCS)
+
+clean:
+	rm -rf build

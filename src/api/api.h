@@ -1,0 +1,93 @@
+/*
+ * api.h — shared by the resource files of api/: body parsing with jansson,
+ * typed field readers that answer 400 naming the field, rendering helpers,
+ * idempotency, and the handlers the route table points to.
+ *
+ * Field readers return 0 when the field is absent or null (out untouched),
+ * 1 when present and valid, and -1 after answering a 400 for a wrong type or
+ * value — the handler then just returns.
+ */
+#ifndef LOOPD_API_H
+#define LOOPD_API_H
+#include "http/http.h"
+#include "store/store.h"
+#include <jansson.h>
+
+/* Parses the body as a JSON object.  An empty body is {} when allow_empty
+ * (and JSON `null` too).  NULL after answering 400.  The caller owns the
+ * result (json_decref). */
+json_t *body_object(struct req *r, int allow_empty);
+
+int field_str(struct req *r, json_t *o, const char *key, size_t maxlen, const char **out);
+int field_bool(struct req *r, json_t *o, const char *key, int *out);
+int field_int(struct req *r, json_t *o, const char *key, int64_t min, int64_t max, int64_t *out);
+/* tags: array of strings, checked against the limits and reserved prefixes;
+ * out is canonical JSON text */
+int field_tags(struct req *r, json_t *o, const char *key, const char **out);
+/* an ID of the given prefix: 400 "Invalid <what> ID: <why>" */
+int field_id(struct req *r, json_t *o, const char *key, const char *prefix, const char *what,
+             const char **out);
+int field_slug(struct req *r, json_t *o, const char *key, const char **out);
+int field_locale(struct req *r, json_t *o, const char *key, const char **out);
+/* Validates the create-time config fields shared by sessions and agents
+ * (capabilities, tools, mcpServers/mcp_servers, system_prompt,
+ * initial_files, network_access, max_iterations, parallel_tool_calls, and
+ * for sessions hints) and writes them as members of `extra`.  -1 after a
+ * 400.  caps_json gets the capabilities array text (or NULL). */
+int fields_config(struct req *r, json_t *o, int with_hints, struct jw *extra,
+                  const char **caps_json);
+
+int locale_normalize(const char *in, char *out, size_t n);
+int slug_valid(const char *s);
+
+/* A path parameter that must be an ID; answers 400 "Invalid <what> ID: …". */
+int path_id(struct req *r, int i, const char *prefix, const char *what);
+
+/* Pagination query: offset (>=0) and limit (1..100, larger clamped). */
+int page_params(struct req *r, long *offset, long *limit);
+void page_links(struct req *r, struct jw *w, long offset, long limit, int64_t total);
+
+/* Idempotency: returns 1 if answered (replay or 422), 0 to proceed (then
+ * *idem is set when a key was given), -1 after a 400. */
+int idem_check(struct req *r, struct idem_rec **idem);
+/* After a create's op fails with idem_conflict: replay what won. */
+void idem_replay_after_conflict(struct req *r, struct idem_rec *idem);
+
+/* rendering */
+void render_session(struct req *r, struct jw *w, const struct session_rec *s);
+void render_agent(struct req *r, struct jw *w, const struct agent_rec *a, int with_counts);
+void render_harness(struct jw *w, const struct harness_rec *h);
+/* answers with the op's error as a problem */
+void reply_op_error(struct req *r, struct store_op *op);
+struct store_op *op_new(struct req *r, enum store_op_kind kind, void (*done)(struct store_op *));
+/* submits the op and suspends the request; answers 503 if the queue is full */
+void op_submit(struct req *r, struct store_op *op);
+
+/* handlers */
+void h_healthz(struct req *r);
+void h_readyz(struct req *r);
+void h_metrics(struct req *r);
+void h_openapi(struct req *r);
+void h_models_list(struct req *r);
+void h_sessions_create(struct req *r);
+void h_sessions_list(struct req *r);
+void h_sessions_stats(struct req *r);
+void h_sessions_chat(struct req *r);
+void h_session_get(struct req *r);
+void h_session_patch(struct req *r);
+void h_session_delete(struct req *r);
+void h_session_pin(struct req *r);
+void h_session_unpin(struct req *r);
+void h_agents_create(struct req *r);
+void h_agents_list(struct req *r);
+void h_agent_get(struct req *r);
+void h_agent_patch(struct req *r);
+void h_agent_put(struct req *r);
+void h_agent_delete(struct req *r);
+void h_harnesses_list(struct req *r);
+void h_harness_get(struct req *r);
+
+/* auth: fills r->who; answers 401/404 and returns -1 on failure */
+int auth_resolve(struct req *r);
+
+#endif

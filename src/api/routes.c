@@ -1,0 +1,87 @@
+/* routes.c — the route table and its matcher (see routes.h). */
+#include "api/routes.h"
+#include "api/api.h"
+#include <stdio.h>
+#include <string.h>
+
+const struct route routes[] = {
+    {M_GET, "/healthz", h_healthz, 1, "healthz"},
+    {M_GET, "/readyz", h_readyz, 1, "readyz"},
+    {M_GET, "/metrics", h_metrics, 1, "metrics"},
+    {M_GET, "/openapi.json", h_openapi, 1, "openapi"},
+    {M_GET, "/v1/models", h_models_list, 0, "models"},
+    {M_GET, "/v1/harnesses", h_harnesses_list, 0, "harnesses"},
+    {M_GET, "/v1/harnesses/{}", h_harness_get, 0, "harness"},
+    {M_POST, "/v1/agents", h_agents_create, 0, "agents"},
+    {M_GET, "/v1/agents", h_agents_list, 0, "agents"},
+    {M_GET, "/v1/agents/{}", h_agent_get, 0, "agent"},
+    {M_PATCH, "/v1/agents/{}", h_agent_patch, 0, "agent"},
+    {M_PUT, "/v1/agents/{}", h_agent_put, 0, "agent"},
+    {M_DELETE, "/v1/agents/{}", h_agent_delete, 0, "agent"},
+    {M_POST, "/v1/sessions", h_sessions_create, 0, "sessions"},
+    {M_GET, "/v1/sessions", h_sessions_list, 0, "sessions"},
+    {M_GET, "/v1/sessions/stats", h_sessions_stats, 0, "sessions_stats"},
+    {M_POST, "/v1/sessions/chat", h_sessions_chat, 0, "sessions_chat"},
+    {M_POST, "/v1/sessions/platform-chat", h_sessions_chat, 0, "sessions_chat"},
+    {M_GET, "/v1/sessions/{}", h_session_get, 0, "session"},
+    {M_PATCH, "/v1/sessions/{}", h_session_patch, 0, "session"},
+    {M_DELETE, "/v1/sessions/{}", h_session_delete, 0, "session"},
+    {M_PUT, "/v1/sessions/{}/pin", h_session_pin, 0, "session_pin"},
+    {M_DELETE, "/v1/sessions/{}/pin", h_session_unpin, 0, "session_pin"},
+};
+const int route_count = sizeof(routes) / sizeof(routes[0]);
+
+/* Matches path against pattern; returns the number of `{}` segments
+ * (params filled), or -1. */
+static int match(const char *pattern, const char *path, struct arena *a, const char **params)
+{
+    int np = 0;
+    const char *p = pattern, *s = path;
+    while (*p && *s) {
+        if (*p != '/' || *s != '/') return -1;
+        p++;
+        s++;
+        const char *pe = strchr(p, '/'), *se = strchr(s, '/');
+        size_t pl = pe ? (size_t)(pe - p) : strlen(p), sl = se ? (size_t)(se - s) : strlen(s);
+        if (pl == 2 && p[0] == '{' && p[1] == '}') {
+            if (sl == 0) return -1;
+            if (np < REQ_MAX_PARAMS && a) params[np] = arena_strndup(a, s, sl);
+            np++;
+        } else if (pl != sl || memcmp(p, s, pl) != 0) {
+            return -1;
+        }
+        p += pl;
+        s += sl;
+    }
+    return *p || *s ? -1 : np;
+}
+
+int route_match(int method, const char *path, struct arena *a, const char **params, char *allow,
+                size_t allowlen)
+{
+    static const char *const mnames[] = {"GET",   "HEAD",   "POST",    "PUT",
+                                         "PATCH", "DELETE", "OPTIONS", "OTHER"};
+    int best = 99;
+    for (int i = 0; i < route_count; i++) {
+        int np = match(routes[i].pattern, path, NULL, NULL);
+        if (np >= 0 && np < best) best = np;
+    }
+    if (best == 99) return -1;
+    size_t n = 0;
+    allow[0] = 0;
+    for (int i = 0; i < route_count; i++) {
+        if (match(routes[i].pattern, path, NULL, NULL) != best) continue;
+        if (routes[i].method == method) {
+            match(routes[i].pattern, path, a, params);
+            return i;
+        }
+        const char *m = mnames[routes[i].method];
+        if (!strstr(allow, m)) {
+            n += (size_t)snprintf(allow + n, n < allowlen ? allowlen - n : 0, "%s%s", n ? ", " : "",
+                                  m);
+            if (routes[i].method == M_GET && n < allowlen)
+                n += (size_t)snprintf(allow + n, allowlen - n, ", HEAD");
+        }
+    }
+    return -2;
+}

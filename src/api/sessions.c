@@ -1,0 +1,585 @@
+/*
+ * sessions.c — /v1/sessions: create, get, patch, delete, list, stats, pin,
+ * and the per-user chat singleton (reference sections 8-13).
+ *
+ * Create resolves agent, harness and model on the loop (reads), builds the
+ * whole record and its response body, then hands one INSERT to the writer;
+ * the 201 leaves only after the commit.  The Idempotency-Key record (with
+ * that body) commits in the same transaction, so a replay returns exactly
+ * the first response.
+ */
+#include "api/api.h"
+#include "core/builtins.h"
+#include "limits.h"
+#include "util/timeutil.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void etag_of(int64_t version, char out[32])
+{
+    snprintf(out, 32, "\"%lld\"", (long long)version);
+}
+
+static void reply_session(struct req *r, int status, const struct session_rec *s)
+{
+    struct buf b;
+    buf_init(&b, LD_MAX_RESPONSE);
+    struct jw w;
+    jw_init(&w, &b);
+    render_session(r, &w, s);
+    char etag[32];
+    etag_of(s->version, etag);
+    struct reply_header h = {"ETag", etag};
+    reply_json_h(r, status, &b, &h, 1);
+}
+
+/* Re-reads a session after a committed write and answers with it. */
+static void reply_fresh(struct req *r, const char *id, int status)
+{
+    struct session_rec s;
+    enum ld_err e = store_session_get(r->st, r->who.org_id, id, r->who.user_id, &r->arena, &s);
+    if (e == LD_OK)
+        reply_session(r, status, &s);
+    else
+        reply_problem(r, e, e == LD_E_NOT_FOUND ? "Session not found" : "Storage error");
+}
+
+/* ---- create ---- */
+
+static void created_done(struct store_op *op)
+{
+    struct req *r = op->ud;
+    if (op->err == LD_OK) {
+        char etag[32];
+        etag_of(1, etag);
+        struct reply_header h[2] = {{"ETag", etag}, {"Location", NULL}};
+        char loc[200];
+        snprintf(loc, sizeof(loc), "%s/v1/sessions/%s", req_base_url(r), op->session->id);
+        h[1].value = loc;
+        struct buf b;
+        buf_init(&b, LD_MAX_RESPONSE);
+        buf_puts(&b, op->idem ? op->idem->body : "");
+        if (!op->idem) {
+            struct jw w;
+            jw_init(&w, &b);
+            render_session(r, &w, op->session);
+        }
+        reply_json_h(r, 201, &b, h, 2);
+        return;
+    }
+    if (op->idem_conflict) {
+        idem_replay_after_conflict(r, op->idem);
+        return;
+    }
+    reply_op_error(r, op);
+}
+
+/* Resolves harness/agent/model and fills the record; -1 after answering. */
+static int resolve(struct req *r, json_t *body, struct session_rec *s, struct jw *extra)
+{
+    const char *harness_id = NULL, *harness_name = NULL, *agent_id = NULL, *agent_name = NULL,
+               *model_id = NULL, *workspace_id = NULL, *identity = NULL;
+    if (field_id(r, body, "harness_id", "harness", "harness", &harness_id) < 0 ||
+        field_slug(r, body, "harness_name", &harness_name) < 0 ||
+        field_id(r, body, "agent_id", "agent", "agent", &agent_id) < 0 ||
+        field_str(r, body, "agent_name", 1024, &agent_name) < 0 ||
+        field_id(r, body, "model_id", "model", "model", &model_id) < 0 ||
+        field_id(r, body, "workspace_id", "wsp", "workspace", &workspace_id) < 0 ||
+        field_id(r, body, "agent_identity_id", "identity", "agent identity", &identity) < 0)
+        return -1;
+    if (harness_id && harness_name) {
+        reply_problem(r, LD_E_BAD_REQUEST, "Cannot specify both harness_id and harness_name");
+        return -1;
+    }
+    if (agent_id && agent_name) {
+        reply_problem(r, LD_E_BAD_REQUEST, "Cannot specify both agent_id and agent_name");
+        return -1;
+    }
+    if (identity) {
+        reply_problem(r, LD_E_NOT_FOUND, "Agent identity not found");
+        return -1;
+    }
+    struct agent_rec agent;
+    int have_agent = 0;
+    if (agent_id || agent_name) {
+        enum ld_err e = store_agent_get(r->st, r->who.org_id, agent_id ? agent_id : agent_name,
+                                        &r->arena, &agent);
+        if (e == LD_OK && agent_id && strcmp(agent.id, agent_id) != 0) e = LD_E_NOT_FOUND;
+        if (e != LD_OK) {
+            reply_problem(r, e, e == LD_E_NOT_FOUND ? "Agent not found" : "Storage error");
+            return -1;
+        }
+        if (agent.archived) {
+            reply_problem(r, LD_E_BAD_REQUEST, "Archived or deleted agents cannot be assigned");
+            return -1;
+        }
+        have_agent = 1;
+        snprintf(s->agent_id, sizeof(s->agent_id), "%s", agent.id);
+    }
+    const char *want = harness_id ? harness_id
+                       : harness_name
+                           ? (strcmp(harness_name, "default") == 0 ? "generic" : harness_name)
+                       : have_agent ? agent.harness_id
+                                    : "generic";
+    struct harness_rec h;
+    enum ld_err e = store_harness_get(r->st, r->who.org_id, want, &r->arena, &h);
+    if (e == LD_OK && harness_id && strcmp(h.id, harness_id) != 0) e = LD_E_NOT_FOUND;
+    if (e != LD_OK) {
+        reply_problem(r, e, e == LD_E_NOT_FOUND ? "Harness not found" : "Storage error");
+        return -1;
+    }
+    snprintf(s->harness_id, sizeof(s->harness_id), "%s", h.id);
+    if (model_id && !model_find(model_id)) {
+        reply_problem(r, LD_E_NOT_FOUND, "Model not found");
+        return -1;
+    }
+    const char *m = model_id                                  ? model_id
+                    : have_agent && agent.default_model_id[0] ? agent.default_model_id
+                    : h.default_model_id[0]                   ? h.default_model_id
+                                                              : DEFAULT_MODEL_ID;
+    snprintf(s->model_id, sizeof(s->model_id), "%s", m);
+    /* features: harness chain + agent + session capabilities (reference 18) */
+    unsigned seen = 0;
+    features_add(h.capabilities, &seen);
+    if (h.parent_id[0]) {
+        struct harness_rec parent;
+        if (store_harness_get(r->st, r->who.org_id, h.parent_id, &r->arena, &parent) == LD_OK)
+            features_add(parent.capabilities, &seen);
+    }
+    if (have_agent) {
+        json_t *ax = json_loads(agent.extra, 0, NULL);
+        json_t *caps = json_object_get(ax, "capabilities");
+        if (caps) {
+            char *d = json_dumps(caps, JSON_COMPACT);
+            features_add(d, &seen);
+            free(d);
+        }
+        json_decref(ax);
+    }
+    const char *caps_json = NULL;
+    if (fields_config(r, body, 1, extra, &caps_json)) return -1;
+    if (caps_json) features_add(caps_json, &seen);
+    struct buf fb;
+    buf_init(&fb, 1024);
+    if (features_json(seen, &fb)) s->features = arena_strdup(&r->arena, fb.data);
+    buf_free(&fb);
+    if (workspace_id) {
+        char sid[ID_MAX];
+        struct session_rec other;
+        id_with_hex("session", id_hex(workspace_id), sid);
+        if (store_session_get(r->st, r->who.org_id, sid, r->who.user_id, &r->arena, &other) !=
+            LD_OK) {
+            reply_problem(r, LD_E_NOT_FOUND, "Workspace not found");
+            return -1;
+        }
+        snprintf(s->workspace_id, sizeof(s->workspace_id), "%s", workspace_id);
+    }
+    return 0;
+}
+
+void h_sessions_create(struct req *r)
+{
+    struct idem_rec *idem;
+    int rc = idem_check(r, &idem);
+    if (rc) return;
+    json_t *body = body_object(r, 1);
+    if (!body) return;
+    struct session_rec *s = arena_alloc(&r->arena, sizeof(*s));
+    struct buf xb;
+    buf_init(&xb, LD_MAX_BODY_BOUND);
+    struct jw x;
+    jw_init(&x, &xb);
+    jw_obj(&x);
+    const char *source = "api";
+    if (field_str(r, body, "title", (size_t)r->cfg->max_title, &s->title) < 0 ||
+        field_str(r, body, "goal", LD_MAX_GOAL, &s->goal) < 0 ||
+        field_locale(r, body, "locale", &s->locale) < 0 ||
+        field_tags(r, body, "tags", &s->tags) < 0 ||
+        field_str(r, body, "source", 64, &source) < 0 || resolve(r, body, s, &x) < 0)
+        goto out;
+    if (strcmp(source, "api") != 0 && strcmp(source, "chat") != 0) {
+        reply_problem(r, LD_E_BAD_REQUEST, "source must be one of chat, api (got %.32s)", source);
+        goto out;
+    }
+    jw_end(&x);
+    id_new("session", s->id);
+    snprintf(s->org_id, sizeof(s->org_id), "%s", r->who.org_id);
+    if (!s->workspace_id[0]) id_with_hex("wsp", id_hex(s->id), s->workspace_id);
+    snprintf(s->owner_principal_id, sizeof(s->owner_principal_id), "%s", r->who.principal_id);
+    snprintf(s->owner_user_id, sizeof(s->owner_user_id), "%s", r->who.user_id);
+    snprintf(s->source, sizeof(s->source), "%s", source);
+    if (!s->tags) s->tags = "[]";
+    s->extra = arena_strdup(&r->arena, xb.data);
+    s->status = SS_STARTED;
+    s->created_at = s->updated_at = time_now_us();
+    s->version = 1;
+    s->pinned = 0;
+    struct store_op *op = op_new(r, SOP_SESSION_INSERT, created_done);
+    op->session = s;
+    if (idem) {
+        struct buf b;
+        buf_init(&b, LD_MAX_RESPONSE);
+        struct jw w;
+        jw_init(&w, &b);
+        render_session(r, &w, s);
+        idem->body = arena_strdup(&r->arena, b.data);
+        idem->status = 201;
+        buf_free(&b);
+        op->idem = idem;
+    }
+    op_submit(r, op);
+out:
+    buf_free(&xb);
+    json_decref(body);
+}
+
+/* ---- get ---- */
+
+void h_session_get(struct req *r)
+{
+    if (path_id(r, 0, "session", "session")) return;
+    struct session_rec s;
+    enum ld_err e =
+        store_session_get(r->st, r->who.org_id, r->params[0], r->who.user_id, &r->arena, &s);
+    if (e != LD_OK) {
+        reply_problem(r, e, e == LD_E_NOT_FOUND ? "Session not found" : "Storage error");
+        return;
+    }
+    char etag[32];
+    etag_of(s.version, etag);
+    const char *inm = req_header(r, "If-None-Match");
+    if (inm && (strcmp(inm, etag) == 0 || strcmp(inm, "*") == 0 ||
+                (strncmp(inm, "W/", 2) == 0 && strcmp(inm + 2, etag) == 0))) {
+        struct reply_header h = {"ETag", etag};
+        reply_empty(r, 304, &h, 1);
+        return;
+    }
+    reply_session(r, 200, &s);
+}
+
+/* ---- patch ---- */
+
+static void patched_done(struct store_op *op)
+{
+    struct req *r = op->ud;
+    if (op->err != LD_OK) {
+        reply_op_error(r, op);
+        return;
+    }
+    reply_fresh(r, op->id, 200);
+}
+
+/* If-Match: "*" or a quoted version; 0 = none, -1 after a 412/400 */
+static int64_t if_match(struct req *r)
+{
+    const char *im = req_header(r, "If-Match");
+    if (!im || strcmp(im, "*") == 0) return 0;
+    const char *p = im;
+    if (strncmp(p, "W/", 2) == 0) p += 2;
+    long long v = 0;
+    char tail;
+    if (sscanf(p, "\"%lld\"%c", &v, &tail) != 1 || v <= 0) {
+        reply_problem(r, LD_E_PRECONDITION,
+                      "If-Match does not match the current ETag of this resource");
+        return -1;
+    }
+    return v;
+}
+
+void h_session_patch(struct req *r)
+{
+    if (path_id(r, 0, "session", "session")) return;
+    int64_t im = if_match(r);
+    if (im < 0) return;
+    json_t *body = body_object(r, 1);
+    if (!body) return;
+    struct session_patch *p = arena_alloc(&r->arena, sizeof(*p));
+    if (field_str(r, body, "title", (size_t)r->cfg->max_title, &p->title) < 0 ||
+        field_str(r, body, "goal", LD_MAX_GOAL, &p->goal) < 0 ||
+        field_locale(r, body, "locale", &p->locale) < 0 ||
+        field_tags(r, body, "tags", &p->tags) < 0)
+        goto out;
+    json_t *ident = json_object_get(body, "agent_identity_id");
+    if (ident) {
+        if (json_is_null(ident)) {
+            p->set_identity = 1;
+            p->agent_identity_id = "";
+        } else {
+            const char *id = NULL;
+            if (field_id(r, body, "agent_identity_id", "identity", "agent identity", &id) < 0)
+                goto out;
+            reply_problem(r, LD_E_NOT_FOUND, "Agent identity not found");
+            goto out;
+        }
+    }
+    p->if_match = im;
+    p->now = time_now_us();
+    struct store_op *op = op_new(r, SOP_SESSION_PATCH, patched_done);
+    op->org_id = r->who.org_id;
+    op->id = r->params[0];
+    op->patch = p;
+    op_submit(r, op);
+out:
+    json_decref(body);
+}
+
+/* ---- delete ---- */
+
+static void deleted_done(struct store_op *op)
+{
+    struct req *r = op->ud;
+    if (op->err != LD_OK)
+        reply_op_error(r, op);
+    else
+        reply_empty(r, 204, NULL, 0);
+}
+
+void h_session_delete(struct req *r)
+{
+    if (path_id(r, 0, "session", "session")) return;
+    struct store_op *op = op_new(r, SOP_SESSION_DELETE, deleted_done);
+    op->org_id = r->who.org_id;
+    op->id = r->params[0];
+    op_submit(r, op);
+}
+
+/* ---- pin ---- */
+
+static void pin_common(struct req *r, int flag)
+{
+    if (path_id(r, 0, "session", "session")) return;
+    if (!r->who.user_id[0]) {
+        reply_problem(r, LD_E_UNAUTHORIZED, "Authentication required to %s sessions",
+                      flag ? "pin" : "unpin");
+        return;
+    }
+    struct store_op *op = op_new(r, SOP_PIN, deleted_done);
+    op->org_id = r->who.org_id;
+    op->id = r->params[0];
+    op->user_id = r->who.user_id;
+    op->flag = flag;
+    op->if_match = time_now_us();
+    op_submit(r, op);
+}
+
+void h_session_pin(struct req *r)
+{
+    pin_common(r, 1);
+}
+
+void h_session_unpin(struct req *r)
+{
+    pin_common(r, 0);
+}
+
+/* ---- list ---- */
+
+static int parse_status_filter(struct req *r, const char *v, struct session_filter *f)
+{
+    char tmp[256];
+    if (strlen(v) >= sizeof(tmp)) {
+        reply_problem(r, LD_E_BAD_REQUEST, "status: too long");
+        return -1;
+    }
+    snprintf(tmp, sizeof(tmp), "%s", v);
+    char *save = NULL;
+    for (char *t = strtok_r(tmp, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        while (*t == ' ')
+            t++;
+        int st = session_status_parse(t);
+        if (st >= 0)
+            f->status_mask |= 1 << st;
+        else if (strcmp(t, "running") == 0)
+            f->status_mask |= 1 << SS_ACTIVE | 1 << SS_WAITING;
+        else if (strcmp(t, "paused") == 0)
+            f->status_mask |= 1 << SS_PAUSED;
+        else if (strcmp(t, "completed") == 0)
+            f->outcome_mask |= 1 << TO_COMPLETED;
+        else if (strcmp(t, "failed") == 0)
+            f->outcome_mask |= 1 << TO_FAILED | 1 << TO_CANCELLED;
+        else {
+            reply_problem(r, LD_E_BAD_REQUEST,
+                          "status: unknown value '%.40s' (use running, paused, failed, "
+                          "completed, idle, or a session status)",
+                          t);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int parse_time_param(struct req *r, const char *name, int64_t *out)
+{
+    const char *v = req_query(r, name);
+    if (!v) return 0;
+    if (time_parse(v, out) || *out <= 0) {
+        reply_problem(r, LD_E_BAD_REQUEST, "%s: expected an RFC 3339 timestamp", name);
+        return -1;
+    }
+    return 0;
+}
+
+void h_sessions_list(struct req *r)
+{
+    struct session_filter f;
+    memset(&f, 0, sizeof(f));
+    if (page_params(r, &f.offset, &f.limit)) return;
+    f.agent_id = req_query(r, "agent_id");
+    if (f.agent_id && !*f.agent_id) f.agent_id = NULL;
+    f.search = req_query(r, "search");
+    if (f.search && !*f.search) f.search = NULL;
+    if (f.search && strlen(f.search) > LD_SEARCH_MAX) {
+        reply_problem(r, LD_E_BAD_REQUEST, "search: longer than %d bytes", LD_SEARCH_MAX);
+        return;
+    }
+    const char *st = req_query(r, "status");
+    if (st && *st && parse_status_filter(r, st, &f)) return;
+    if (parse_time_param(r, "created_after", &f.created_after) ||
+        parse_time_param(r, "created_before", &f.created_before))
+        return;
+    const char *order = req_query(r, "order");
+    if (order && *order) {
+        if (strcmp(order, "last_activity") == 0)
+            f.order_activity = 1;
+        else if (strcmp(order, "created_at") != 0) {
+            reply_problem(r, LD_E_BAD_REQUEST, "order: must be created_at or last_activity");
+            return;
+        }
+    }
+    struct session_rec *rows;
+    int n;
+    int64_t total;
+    enum ld_err e =
+        store_session_list(r->st, r->who.org_id, r->who.user_id, &f, &r->arena, &rows, &n, &total);
+    if (e != LD_OK) {
+        reply_problem(r, e, "Storage error");
+        return;
+    }
+    struct buf b;
+    buf_init(&b, LD_MAX_RESPONSE);
+    struct jw w;
+    jw_init(&w, &b);
+    jw_obj(&w);
+    /* `data` per the spec; `sessions` is what the TS SDK reads */
+    const char *keys[2] = {"data", "sessions"};
+    size_t first_start = 0, first_len = 0;
+    for (int k = 0; k < 2; k++) {
+        jw_key(&w, keys[k]);
+        if (k == 1) { /* the alias repeats the same bytes */
+            jw_raw(&w, "");
+            buf_add(&b, b.data + first_start, first_len);
+            continue;
+        }
+        first_start = b.len;
+        jw_arr(&w);
+        for (int i = 0; i < n; i++)
+            render_session(r, &w, &rows[i]);
+        jw_end(&w);
+        first_len = b.len - first_start;
+    }
+    jw_ki64(&w, "total", total);
+    jw_ki64(&w, "offset", f.offset);
+    jw_ki64(&w, "limit", f.limit);
+    page_links(r, &w, f.offset, f.limit, total);
+    jw_end(&w);
+    reply_json(r, 200, &b);
+}
+
+void h_sessions_stats(struct req *r)
+{
+    struct session_stats s;
+    enum ld_err e = store_session_stats(r->st, r->who.org_id, &s);
+    if (e != LD_OK) {
+        reply_problem(r, e, "Storage error");
+        return;
+    }
+    struct buf b;
+    buf_init(&b, 1024);
+    struct jw w;
+    jw_init(&w, &b);
+    jw_obj(&w);
+    jw_ki64(&w, "total", s.total);
+    for (int i = 0; i < SS__COUNT; i++)
+        jw_ki64(&w, session_status_db(i), s.n[i]);
+    jw_end(&w);
+    reply_json(r, 200, &b);
+}
+
+/* ---- chat singleton (reference 11) ---- */
+
+static void chat_done(struct store_op *op)
+{
+    struct req *r = op->ud;
+    if (op->err != LD_OK) {
+        reply_op_error(r, op);
+        return;
+    }
+    struct session_rec s;
+    enum ld_err e = store_session_by_singleton(r->st, r->who.org_id, op->session->singleton_key,
+                                               r->who.user_id, &r->arena, &s);
+    if (e != LD_OK) {
+        reply_problem(r, e, "Storage error");
+        return;
+    }
+    reply_session(r, 200, &s);
+}
+
+void h_sessions_chat(struct req *r)
+{
+    json_t *body = body_object(r, 1);
+    if (!body) return;
+    const char *locale = NULL;
+    if (field_locale(r, body, "locale", &locale) < 0) {
+        json_decref(body);
+        return;
+    }
+    json_decref(body);
+    char key[ID_MAX + 48];
+    snprintf(key, sizeof(key), "chat/%s/%s", r->who.org_id, r->who.user_id);
+    struct session_rec found;
+    enum ld_err e =
+        store_session_by_singleton(r->st, r->who.org_id, key, r->who.user_id, &r->arena, &found);
+    if (e == LD_OK) {
+        reply_session(r, 200, &found);
+        return;
+    }
+    struct harness_rec h;
+    if (store_harness_get(r->st, r->who.org_id, "platform-chat", &r->arena, &h) != LD_OK) {
+        reply_problem(r, LD_E_NOT_FOUND, "Global chat is not configured for this platform");
+        return;
+    }
+    struct session_rec *s = arena_alloc(&r->arena, sizeof(*s));
+    id_new("session", s->id);
+    snprintf(s->org_id, sizeof(s->org_id), "%s", r->who.org_id);
+    id_with_hex("wsp", id_hex(s->id), s->workspace_id);
+    snprintf(s->harness_id, sizeof(s->harness_id), "%s", h.id);
+    snprintf(s->owner_principal_id, sizeof(s->owner_principal_id), "%s", r->who.principal_id);
+    snprintf(s->owner_user_id, sizeof(s->owner_user_id), "%s", r->who.user_id);
+    snprintf(s->model_id, sizeof(s->model_id), "%s",
+             h.default_model_id[0] ? h.default_model_id : DEFAULT_MODEL_ID);
+    snprintf(s->source, sizeof(s->source), "chat");
+    s->title = arena_strdup(&r->arena, h.name);
+    s->locale = locale;
+    char tags[128];
+    snprintf(tags, sizeof(tags), "[\"global-chat\",\"user:%s\"]", r->who.user_id);
+    s->tags = arena_strdup(&r->arena, tags);
+    s->extra = "{}";
+    unsigned seen = 0;
+    features_add(h.capabilities, &seen);
+    if (h.parent_id[0]) {
+        struct harness_rec parent;
+        if (store_harness_get(r->st, r->who.org_id, h.parent_id, &r->arena, &parent) == LD_OK)
+            features_add(parent.capabilities, &seen);
+    }
+    struct buf fb;
+    buf_init(&fb, 1024);
+    if (features_json(seen, &fb)) s->features = arena_strdup(&r->arena, fb.data);
+    buf_free(&fb);
+    s->singleton_key = arena_strdup(&r->arena, key);
+    s->status = SS_STARTED;
+    s->created_at = s->updated_at = time_now_us();
+    struct store_op *op = op_new(r, SOP_CHAT_GET_OR_CREATE, chat_done);
+    op->session = s;
+    op_submit(r, op);
+}

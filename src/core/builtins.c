@@ -1,0 +1,111 @@
+/*
+ * builtins.c — built-in harnesses and models, and the feature mapping.
+ * The default org's built-ins have the fixed IDs upstream uses; other orgs
+ * get fresh IDs (address built-ins by name).
+ */
+#include "core/builtins.h"
+#include <jansson.h>
+#include <string.h>
+
+#define GENERIC_CAPS                                                                               \
+    "[{\"ref\":\"session_file_system\"},{\"ref\":\"virtual_bash\"},"                               \
+    "{\"ref\":\"web_fetch\",\"config\":{\"enable_file_download\":true}},"                          \
+    "{\"ref\":\"session_storage\"},{\"ref\":\"session\"},{\"ref\":\"agent_instructions\"},"        \
+    "{\"ref\":\"current_time\"}]"
+
+const struct builtin_harness builtin_harnesses[] = {
+    {"base", "Base", "A bare harness with no capabilities.", "You are a helpful assistant.", NULL,
+     "[]", "[\"base\",\"built-in\"]", "harness_01933b5a000070008000000000000601"},
+    {"generic", "Generic", "The default harness: files, storage and time.",
+     "You are a helpful assistant. Use the tools available to you when they help.", NULL,
+     GENERIC_CAPS, "[\"generic\",\"default\",\"built-in\"]",
+     "harness_01933b5a000070008000000000000602"},
+    {"platform-chat", "Platform Chat", "The harness of each user's global chat session.",
+     "You are the platform assistant. Help the user work with their agents and sessions.",
+     "generic", "[{\"ref\":\"platform_management\"},{\"ref\":\"platform_docs\"}]",
+     "[\"chat\",\"built-in\"]", "harness_01933b5a000070008000000000000603"},
+};
+const int builtin_harness_count = sizeof(builtin_harnesses) / sizeof(builtin_harnesses[0]);
+
+const struct builtin_model builtin_models[] = {
+    {DEFAULT_MODEL_ID, "llmsim", "llmsim", "LLM Simulator (deterministic)"},
+};
+const int builtin_model_count = sizeof(builtin_models) / sizeof(builtin_models[0]);
+
+const struct builtin_model *model_find(const char *id)
+{
+    for (int i = 0; i < builtin_model_count; i++)
+        if (strcmp(builtin_models[i].id, id) == 0) return &builtin_models[i];
+    return NULL;
+}
+
+/* capability -> feature bits; the order of features[] is the output order */
+static const char *const features[] = {"file_system",  "secrets",          "key_value", "schedules",
+                                       "sql_database", "leased_resources", "openui"};
+enum { F_FS = 1, F_SECRETS = 2, F_KV = 4, F_SCHED = 8, F_SQL = 16, F_LEASED = 32, F_OPENUI = 64 };
+
+static const struct {
+    const char *ref;
+    unsigned bits;
+} cap_features[] = {
+    {"session_file_system", F_FS},
+    {"virtual_bash", F_FS},
+    {"sample_data", F_FS},
+    {"data_knowledge", F_FS},
+    {"session_storage", F_SECRETS | F_KV},
+    {"session_schedule", F_SCHED},
+    {"session_sql_database", F_SQL},
+    {"daytona", F_LEASED},
+    {"deno", F_LEASED},
+    {"docker_container", F_LEASED},
+    {"e2b", F_LEASED},
+    {"openui", F_OPENUI},
+    {"web_fetch", 0},
+    {"session", 0},
+    {"agent_instructions", 0},
+    {"current_time", 0},
+    {"skills", 0},
+    {"infinity_context", 0},
+    {"openai_tool_search", 0},
+    {"budgeting", 0},
+    {"compaction", 0},
+    {"tool_output_persistence", 0},
+    {"platform_management", 0},
+    {"platform_docs", 0},
+};
+#define NCAPS (sizeof(cap_features) / sizeof(cap_features[0]))
+
+int capability_known(const char *ref)
+{
+    if (strncmp(ref, "mcp:", 4) == 0 && ref[4]) return 1;
+    for (size_t i = 0; i < NCAPS; i++)
+        if (strcmp(cap_features[i].ref, ref) == 0) return 1;
+    return 0;
+}
+
+void features_add(const char *caps_json, unsigned *seen)
+{
+    json_t *arr = json_loads(caps_json, 0, NULL);
+    size_t i;
+    json_t *c;
+    json_array_foreach(arr, i, c)
+    {
+        const char *ref = json_string_value(json_object_get(c, "ref"));
+        if (!ref) continue;
+        for (size_t k = 0; k < NCAPS; k++)
+            if (strcmp(cap_features[k].ref, ref) == 0) *seen |= cap_features[k].bits;
+    }
+    json_decref(arr);
+}
+
+int features_json(unsigned seen, struct buf *out)
+{
+    if (!seen) return 0;
+    struct jw w;
+    jw_init(&w, out);
+    jw_arr(&w);
+    for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++)
+        if (seen & (1u << i)) jw_str(&w, features[i]);
+    jw_end(&w);
+    return 1;
+}

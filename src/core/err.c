@@ -1,0 +1,144 @@
+/* err.c — the single mapping from ld_err to HTTP status, title and code.
+ * The switches have no default case on purpose (see err.h). */
+#include "core/err.h"
+
+int ld_err_status(enum ld_err e)
+{
+    switch (e) {
+    case LD_OK:
+        return 200;
+    case LD_E_BAD_REQUEST:
+        return 400;
+    case LD_E_BAD_JSON:
+        return 400;
+    case LD_E_LIMIT:
+        return 400;
+    case LD_E_UNAUTHORIZED:
+        return 401;
+    case LD_E_FORBIDDEN:
+        return 403;
+    case LD_E_NOT_FOUND:
+        return 404;
+    case LD_E_METHOD:
+        return 405;
+    case LD_E_TIMEOUT:
+        return 408;
+    case LD_E_CONFLICT:
+        return 409;
+    case LD_E_PRECONDITION:
+        return 412;
+    case LD_E_TOO_LARGE:
+        return 413;
+    case LD_E_MEDIA_TYPE:
+        return 415;
+    case LD_E_UNPROCESSABLE:
+        return 422;
+    case LD_E_HEADERS_TOO_LARGE:
+        return 431;
+    case LD_E_RATE_LIMITED:
+        return 429;
+    case LD_E_INTERNAL:
+        return 500;
+    case LD_E_UNAVAILABLE:
+        return 503;
+    case LD_E_STORAGE:
+        return 500;
+    case LD_E__COUNT:
+        break;
+    }
+    return 500;
+}
+
+const char *ld_err_title(enum ld_err e)
+{
+    switch (e) {
+    case LD_OK:
+        return "OK";
+    case LD_E_BAD_REQUEST:
+        return "Bad Request";
+    case LD_E_BAD_JSON:
+        return "Bad Request";
+    case LD_E_LIMIT:
+        return "Bad Request";
+    case LD_E_UNAUTHORIZED:
+        return "Unauthorized";
+    case LD_E_FORBIDDEN:
+        return "Forbidden";
+    case LD_E_NOT_FOUND:
+        return "Not Found";
+    case LD_E_METHOD:
+        return "Method Not Allowed";
+    case LD_E_TIMEOUT:
+        return "Request Timeout";
+    case LD_E_CONFLICT:
+        return "Conflict";
+    case LD_E_PRECONDITION:
+        return "Precondition Failed";
+    case LD_E_TOO_LARGE:
+        return "Content Too Large";
+    case LD_E_MEDIA_TYPE:
+        return "Unsupported Media Type";
+    case LD_E_UNPROCESSABLE:
+        return "Unprocessable Content";
+    case LD_E_HEADERS_TOO_LARGE:
+        return "Request Header Fields Too Large";
+    case LD_E_RATE_LIMITED:
+        return "Too Many Requests";
+    case LD_E_INTERNAL:
+        return "Internal Server Error";
+    case LD_E_UNAVAILABLE:
+        return "Service Unavailable";
+    case LD_E_STORAGE:
+        return "Internal Server Error";
+    case LD_E__COUNT:
+        break;
+    }
+    return "Internal Server Error";
+}
+
+const char *ld_err_code(enum ld_err e)
+{
+    switch (e) {
+    case LD_OK:
+        return "ok";
+    case LD_E_BAD_REQUEST:
+        return "bad_request";
+    case LD_E_BAD_JSON:
+        return "invalid_json";
+    case LD_E_LIMIT:
+        return "limit_exceeded";
+    case LD_E_UNAUTHORIZED:
+        return "unauthorized";
+    case LD_E_FORBIDDEN:
+        return "forbidden";
+    case LD_E_NOT_FOUND:
+        return "not_found";
+    case LD_E_METHOD:
+        return "method_not_allowed";
+    case LD_E_TIMEOUT:
+        return "request_timeout";
+    case LD_E_CONFLICT:
+        return "conflict";
+    case LD_E_PRECONDITION:
+        return "precondition_failed";
+    case LD_E_TOO_LARGE:
+        return "payload_too_large";
+    case LD_E_MEDIA_TYPE:
+        return "unsupported_media_type";
+    case LD_E_UNPROCESSABLE:
+        return "unprocessable";
+    case LD_E_HEADERS_TOO_LARGE:
+        return "headers_too_large";
+    case LD_E_RATE_LIMITED:
+        return "rate_limited";
+    case LD_E_INTERNAL:
+        return "internal_error";
+    case LD_E_UNAVAILABLE:
+        return "unavailable";
+    case LD_E_STORAGE:
+        return "internal_error";
+    case LD_E__COUNT:
+        break;
+    }
+    return "internal_error";
+}

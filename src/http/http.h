@@ -1,0 +1,78 @@
+/*
+ * http.h — what api/ sees of HTTP: the request, its arena, and the ways to
+ * answer.  A handler either answers at once (reply_*), or submits a store
+ * op and calls req_suspend(); the op's `done` callback later answers and
+ * the connection resumes.  Exactly one answer per request.
+ */
+#ifndef LOOPD_HTTP_H
+#define LOOPD_HTTP_H
+#include "config.h"
+#include "core/err.h"
+#include "core/model.h"
+#include "util/buf.h"
+#include "util/mem.h"
+#include <stdint.h>
+
+struct server;
+struct store;
+
+enum http_method { M_GET, M_HEAD, M_POST, M_PUT, M_PATCH, M_DELETE, M_OPTIONS, M_OTHER };
+
+#define REQ_MAX_PARAMS 2
+#define REQ_MAX_HEADERS 8
+
+struct req {
+    struct server *srv;
+    struct store *st;
+    const struct config *cfg;
+    void *mc; /* struct MHD_Connection * */
+    void *ct; /* connection tracking (http/server.c) */
+    struct arena arena;
+    int method;
+    const char *path; /* without the query string */
+    char rid[20];
+    int64_t t0; /* monotonic µs at the first byte we saw */
+    struct buf body;
+    int body_too_large;
+    int early_err; /* ld_err decided before dispatch (413/431) */
+    int dispatched, suspended;
+    int route; /* index in the route table, -1 none */
+    const char *params[REQ_MAX_PARAMS];
+    struct principal who;
+    /* the answer */
+    void *resp; /* struct MHD_Response * */
+    int status;
+    int keep_body_for_head;
+};
+
+/* request accessors */
+const char *req_header(struct req *r, const char *name);
+const char *req_query(struct req *r, const char *name);
+/* Every value of a repeated query key, in order; returns the count. */
+int req_query_all(struct req *r, const char *name, const char **out, int max);
+/* The base URL for links: the public URL, or http://<listen address>. */
+const char *req_base_url(struct req *r);
+/* The full request URL (base + path + query) for next/prev links. */
+const char *req_url(struct req *r);
+
+/* answers: body ownership passes to the response */
+struct reply_header {
+    const char *name, *value;
+};
+void reply_json(struct req *r, int status, struct buf *body);
+void reply_json_h(struct req *r, int status, struct buf *body, const struct reply_header *h,
+                  int nh);
+void reply_text(struct req *r, int status, const char *ctype, const char *text, size_t len,
+                int copy);
+void reply_empty(struct req *r, int status, const struct reply_header *h, int nh);
+/* RFC 9457 problem; detail is printf-style, one line. */
+void reply_problem(struct req *r, enum ld_err e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void reply_problem_h(struct req *r, enum ld_err e, const struct reply_header *h, int nh,
+                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* parks the request until a store op completes; the op's done callback
+ * must then reply (which resumes the connection) */
+void req_suspend(struct req *r);
+
+#endif

@@ -1,0 +1,28 @@
+/*
+ * server.h — the HTTP server: libmicrohttpd in external-epoll mode inside
+ * our loop, with loopd's own limits (body cap, header cap, total request
+ * deadline), metrics and graceful shutdown.
+ */
+#ifndef LOOPD_SERVER_H
+#define LOOPD_SERVER_H
+#include "config.h"
+#include "loop.h"
+#include "util/buf.h"
+
+struct store;
+struct server;
+
+struct server *server_start(const struct config *cfg, struct store *st, struct loop *l, char *err,
+                            size_t errlen);
+/* Stops accepting new connections (SIGTERM, step 1). */
+void server_quiesce(struct server *s);
+/* Requests being processed or waiting for the store. */
+long server_inflight(struct server *s);
+void server_stop(struct server *s);
+const char *server_base_url(struct server *s);
+
+/* metrics, rendered by api/ops.c */
+struct store;
+void server_metrics_render(struct server *s, struct buf *out);
+
+#endif

@@ -1,0 +1,67 @@
+/*
+ * limits.h — every cap loopd enforces, in one place (in the manner of
+ * sqliteLimit.h).  Each limit has a name, a default and the reason for it.
+ * Defaults that an operator may change are also rows of the option table in
+ * config.c; the LD_MAX_* values here are hard bounds that no flag can exceed.
+ */
+#ifndef LOOPD_LIMITS_H
+#define LOOPD_LIMITS_H
+
+/* Request body.  Upstream's framework default is 2 MiB; 1 MiB covers a 1 MiB
+ * system prompt only just, so the default is 2 MiB and the hard bound 64 MiB. */
+#define LD_DEFAULT_MAX_BODY (2u * 1024 * 1024)
+#define LD_MAX_BODY_BOUND (64u * 1024 * 1024)
+
+/* Request headers in all (names + values).  MHD's own pool (LD_MHD_POOL)
+ * must be larger so that we, not MHD, answer with a problem+json 431. */
+#define LD_DEFAULT_MAX_HEADER (16u * 1024)
+#define LD_MHD_POOL (64u * 1024)
+
+/* Total time to receive one request (headers and body), in seconds.  A
+ * deadline, not an idle timer: a client that trickles bytes is cut off. */
+#define LD_DEFAULT_REQUEST_TIMEOUT 30
+/* Idle keep-alive connections are closed after this many seconds. */
+#define LD_DEFAULT_IDLE_TIMEOUT 75
+
+#define LD_DEFAULT_MAX_CONNECTIONS 10000
+#define LD_DEFAULT_MAX_CONNECTIONS_PER_IP 1000
+
+/* JSON nesting depth accepted in request bodies (jansson allows 2048). */
+#define LD_MAX_JSON_DEPTH 64
+
+/* Session fields (reference section 22 suggests 255 / 100). */
+#define LD_DEFAULT_MAX_TITLE 255
+#define LD_DEFAULT_MAX_TAGS 100
+#define LD_DEFAULT_MAX_TAG_LEN 255
+#define LD_MAX_GOAL (64u * 1024)
+#define LD_MAX_SYSTEM_PROMPT (1u * 1024 * 1024)
+#define LD_MAX_INITIAL_FILES 100
+#define LD_MAX_INITIAL_FILES_BYTES (5u * 1024 * 1024)
+#define LD_MAX_LOCALE 64
+#define LD_MAX_CAPABILITIES 250
+#define LD_MAX_TOOLS 50
+#define LD_MAX_TOOL_NAME 64
+#define LD_MAX_TOOL_DESCRIPTION 1024
+#define LD_MAX_TOOL_PARAMS (10u * 1024)
+#define LD_MAX_NAME 64
+#define LD_MAX_DISPLAY_NAME 255
+#define LD_MAX_DESCRIPTION (10u * 1024)
+#define LD_MAX_IDEMPOTENCY_KEY 255
+
+/* Pagination. */
+#define LD_PAGE_DEFAULT 20
+#define LD_PAGE_MAX 100
+#define LD_SEARCH_MAX 255
+
+/* Response buffers: a session with a 1 MiB prompt and 5 MiB of files. */
+#define LD_MAX_RESPONSE (16u * 1024 * 1024)
+
+/* Writer queue: past this many queued writes, 503 + Retry-After. */
+#define LD_WRITER_QUEUE_MAX 65536
+/* Most operations committed in one transaction (group commit). */
+#define LD_WRITER_BATCH_MAX 512
+
+/* Per-request arena: hard cap on what one request may allocate. */
+#define LD_ARENA_MAX (64u * 1024 * 1024)
+
+#endif

@@ -1,0 +1,110 @@
+/*
+ * loop.c — epoll dispatch and a coarse periodic tick.  Deadlines in loopd
+ * are coarse (seconds), so one tick sweeping the few lists that have
+ * deadlines is simpler than a timer tree and costs nothing when idle.
+ */
+#include "loop.h"
+#include "util/mem.h"
+#include "util/timeutil.h"
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#define MAX_FDS 16
+#define MAX_TICKS 8
+
+struct watch {
+    int fd;
+    loop_fd_fn fn;
+    void *ud;
+};
+
+struct loop {
+    int ep;
+    struct watch w[MAX_FDS];
+    int nw;
+    struct {
+        loop_tick_fn fn;
+        void *ud;
+    } ticks[MAX_TICKS];
+    int nticks;
+    loop_timeout_fn tfn;
+    void *tud;
+    int64_t next_tick;
+};
+
+struct loop *loop_new(void)
+{
+    struct loop *l = xcalloc(1, sizeof(*l));
+    l->ep = epoll_create1(EPOLL_CLOEXEC);
+    if (l->ep < 0) {
+        free(l);
+        return NULL;
+    }
+    l->next_tick = time_mono_us() + LOOP_TICK_MS * 1000;
+    return l;
+}
+
+void loop_free(struct loop *l)
+{
+    if (!l) return;
+    close(l->ep);
+    free(l);
+}
+
+int loop_add_fd(struct loop *l, int fd, uint32_t events, loop_fd_fn fn, void *ud)
+{
+    if (l->nw == MAX_FDS) return -1;
+    struct epoll_event ev = {.events = events, .data.u32 = (uint32_t)l->nw};
+    if (epoll_ctl(l->ep, EPOLL_CTL_ADD, fd, &ev) < 0) return -1;
+    l->w[l->nw++] = (struct watch){fd, fn, ud};
+    return 0;
+}
+
+void loop_del_fd(struct loop *l, int fd)
+{
+    for (int i = 0; i < l->nw; i++)
+        if (l->w[i].fd == fd) {
+            epoll_ctl(l->ep, EPOLL_CTL_DEL, fd, NULL);
+            l->w[i].fn = NULL;
+        }
+}
+
+void loop_on_tick(struct loop *l, loop_tick_fn fn, void *ud)
+{
+    if (l->nticks < MAX_TICKS) {
+        l->ticks[l->nticks].fn = fn;
+        l->ticks[l->nticks].ud = ud;
+        l->nticks++;
+    }
+}
+
+void loop_on_timeout(struct loop *l, loop_timeout_fn fn, void *ud)
+{
+    l->tfn = fn;
+    l->tud = ud;
+}
+
+void loop_run_once(struct loop *l, long max_ms)
+{
+    int64_t now = time_mono_us();
+    long wait = (long)((l->next_tick - now) / 1000);
+    if (wait < 0) wait = 0;
+    if (max_ms >= 0 && max_ms < wait) wait = max_ms;
+    if (l->tfn) {
+        long t = l->tfn(l->tud);
+        if (t >= 0 && t < wait) wait = t;
+    }
+    struct epoll_event evs[32];
+    int n = epoll_wait(l->ep, evs, 32, (int)wait);
+    for (int i = 0; i < n; i++) {
+        struct watch *w = &l->w[evs[i].data.u32];
+        if (w->fn) w->fn(w->ud, evs[i].events);
+    }
+    now = time_mono_us();
+    if (now >= l->next_tick) {
+        l->next_tick = now + LOOP_TICK_MS * 1000;
+        for (int i = 0; i < l->nticks; i++)
+            l->ticks[i].fn(l->ticks[i].ud);
+    }
+}

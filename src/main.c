@@ -1,0 +1,245 @@
+/*
+ * main.c — start-up, the `keys` subcommand, signals and shutdown.
+ *
+ * Start: options -> data dir (created, 0700) -> store (migrations, writer
+ * thread) -> bootstrap (default org, built-ins, first admin key printed
+ * once and written to <data-dir>/admin-key, mode 0600) -> HTTP server ->
+ * loop.  SIGTERM/SIGINT (read through a signalfd on the loop): stop
+ * accepting, let every request that waits for a commit finish (bounded by
+ * --shutdown-timeout), flush, exit 0.
+ */
+#include "config.h"
+#include "core/id.h"
+#include "http/server.h"
+#include "log.h"
+#include "loop.h"
+#include "store/store.h"
+#include "util/timeutil.h"
+#include "version.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int g_stop;
+
+static void on_signal(void *ud, uint32_t events)
+{
+    int fd = *(int *)ud;
+    struct signalfd_siginfo si;
+    while (read(fd, &si, sizeof(si)) == sizeof(si))
+        g_stop = 1;
+}
+
+static int make_dir(const char *dir)
+{
+    char tmp[600];
+    snprintf(tmp, sizeof(tmp), "%s", dir);
+    for (char *p = tmp + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(tmp, 0700) && errno != EEXIST) return -1;
+            *p = '/';
+        }
+    if (mkdir(tmp, 0700) && errno != EEXIST) return -1;
+    return 0;
+}
+
+static void write_admin_key(const char *dir, const char *key)
+{
+    char path[700];
+    snprintf(path, sizeof(path), "%s/admin-key", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        log_warn("cannot write admin key file", "path", path, "err", strerror(errno), NULL);
+        return;
+    }
+    fchmod(fd, 0600);
+    dprintf(fd, "%s\n", key);
+    fsync(fd);
+    close(fd);
+}
+
+static void print_line(const char *json, void *ud)
+{
+    (void)ud;
+    printf("%s\n", json);
+}
+
+static int keys_main(struct config *cfg, int argc, char **argv)
+{
+    /* loopd keys create|list|revoke [--data-dir D] [--org new|ORG] [--name N] [ID] */
+    if (argc < 1 || strcmp(argv[0], "--help") == 0) {
+        printf("usage: loopd keys create [--org new|org_…] [--name NAME]\n"
+               "       loopd keys list\n"
+               "       loopd keys revoke KEY_ID\n"
+               "options: --data-dir DIR (default ./data, env LOOPD_DATA_DIR)\n"
+               "create prints one JSON line: {\"key\",\"key_id\",\"org_id\",\"user_id\"}; "
+               "--org new makes a new org with its own user.\n");
+        return argc < 1 ? 2 : 0;
+    }
+    const char *cmd = argv[0], *org = NULL, *name = "cli", *arg = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--data-dir") == 0 && i + 1 < argc)
+            snprintf(cfg->data_dir, sizeof(cfg->data_dir), "%s", argv[++i]);
+        else if (strcmp(argv[i], "--org") == 0 && i + 1 < argc)
+            org = argv[++i];
+        else if (strcmp(argv[i], "--name") == 0 && i + 1 < argc)
+            name = argv[++i];
+        else if (argv[i][0] != '-' && !arg)
+            arg = argv[i];
+        else {
+            fprintf(stderr, "loopd keys: unexpected argument '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    if (make_dir(cfg->data_dir)) {
+        fprintf(stderr, "loopd keys: cannot create %s: %s\n", cfg->data_dir, strerror(errno));
+        return 1;
+    }
+    char err[512];
+    struct store *st = store_open(cfg->data_dir, err, sizeof(err));
+    if (!st) {
+        fprintf(stderr, "loopd keys: %s\n", err);
+        return 1;
+    }
+    char boot[128];
+    store_bootstrap(st, NULL, boot, sizeof(boot));
+    if (boot[0]) write_admin_key(cfg->data_dir, boot);
+    int rc = 0;
+    if (strcmp(cmd, "create") == 0) {
+        char org_id[ID_MAX], user[40], tok[128], kid[ID_MAX];
+        snprintf(org_id, sizeof(org_id), "%s", DEFAULT_ORG_ID);
+        snprintf(user, sizeof(user), "%s", DEFAULT_USER_ID);
+        if (org && strcmp(org, "new") == 0) {
+            if (store_org_create(st, name, org_id, user) != LD_OK) {
+                fprintf(stderr, "loopd keys: cannot create the org\n");
+                rc = 1;
+            }
+        } else if (org) {
+            char why[128];
+            if (id_check("org", org, why, sizeof(why))) {
+                fprintf(stderr, "loopd keys: --org: %s\n", why);
+                rc = 2;
+            }
+            snprintf(org_id, sizeof(org_id), "%s", org);
+        }
+        if (!rc) {
+            enum ld_err e = store_key_create(st, org_id, user, name, NULL, tok, sizeof(tok), kid);
+            if (e == LD_OK)
+                printf("{\"key\":\"%s\",\"key_id\":\"%s\",\"org_id\":\"%s\",\"user_id\":\"%s\"}\n",
+                       tok, kid, org_id, user);
+            else {
+                fprintf(stderr, "loopd keys: %s\n",
+                        e == LD_E_NOT_FOUND ? "no such org for this user" : "cannot create key");
+                rc = 1;
+            }
+        }
+    } else if (strcmp(cmd, "list") == 0) {
+        store_key_list(st, print_line, NULL);
+    } else if (strcmp(cmd, "revoke") == 0) {
+        if (!arg) {
+            fprintf(stderr, "loopd keys revoke: KEY_ID required\n");
+            rc = 2;
+        } else {
+            enum ld_err e = store_key_revoke(st, arg);
+            if (e != LD_OK) {
+                fprintf(stderr, "loopd keys revoke: %s\n",
+                        e == LD_E_NOT_FOUND ? "no such active key" : "storage error");
+                rc = 1;
+            } else {
+                printf("{\"revoked\":\"%s\"}\n", arg);
+            }
+        }
+    } else {
+        fprintf(stderr, "loopd keys: unknown command '%s' (create, list, revoke)\n", cmd);
+        rc = 2;
+    }
+    store_close(st);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct config cfg;
+    int rest = 0;
+    int rc = config_load(&cfg, argc, argv, &rest);
+    if (rc) return rc > 0 ? 0 : 2;
+    if (rest < argc) {
+        if (strcmp(argv[rest], "keys") == 0)
+            return keys_main(&cfg, argc - rest - 1, argv + rest + 1);
+        fprintf(stderr, "loopd: unknown command '%s' (see --help)\n", argv[rest]);
+        return 2;
+    }
+    log_setup(cfg.log_level, cfg.log_json);
+    signal(SIGPIPE, SIG_IGN);
+    if (make_dir(cfg.data_dir)) {
+        fprintf(stderr, "loopd: cannot create data dir %s: %s\n", cfg.data_dir, strerror(errno));
+        return 1;
+    }
+    config_log(&cfg);
+    char err[512];
+    struct store *st = store_open(cfg.data_dir, err, sizeof(err));
+    if (!st) {
+        log_error("cannot open the store", "err", err, NULL);
+        return 1;
+    }
+    char key[256];
+    const char *boot = getenv("LOOPD_BOOTSTRAP_KEY");
+    if (store_bootstrap(st, boot, key, sizeof(key)) != LD_OK) {
+        log_error("bootstrap failed", NULL);
+        store_close(st);
+        return 1;
+    }
+    if (key[0]) {
+        write_admin_key(cfg.data_dir, key);
+        if (!boot || !*boot) {
+            fprintf(stderr,
+                    "\nloopd: created the first admin API key (shown once; also in "
+                    "%s/admin-key):\n\n    %s\n\n",
+                    cfg.data_dir, key);
+        }
+    }
+    store_idem_expire(st, time_now_us() - (int64_t)24 * 3600 * 1000000);
+
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+
+    struct loop *l = loop_new();
+    struct server *srv = server_start(&cfg, st, l, err, sizeof(err));
+    if (!srv) {
+        log_error("cannot start the HTTP server", "err", err, NULL);
+        store_close(st);
+        return 1;
+    }
+    loop_add_fd(l, sfd, 0x001 /* EPOLLIN */, on_signal, &sfd);
+    log_info("listening", "url", server_base_url(srv), "auth",
+             cfg.auth == AUTH_NONE ? "none" : "keys", "version", LOOPD_VERSION, NULL);
+    while (!g_stop)
+        loop_run_once(l, -1);
+
+    log_info("shutting down", "inflight", "", NULL);
+    server_quiesce(srv);
+    int64_t deadline = time_mono_us() + cfg.shutdown_timeout * 1000000;
+    while ((server_inflight(srv) > 0 || store_pending(st) > 0) && time_mono_us() < deadline)
+        loop_run_once(l, 50);
+    /* let the answers just queued reach their sockets */
+    int64_t flush = time_mono_us() + 200000;
+    while (time_mono_us() < flush)
+        loop_run_once(l, 20);
+    server_stop(srv);
+    store_close(st);
+    loop_free(l);
+    close(sfd);
+    log_info("stopped", NULL);
+    return 0;
+}

@@ -1,0 +1,312 @@
+/*
+ * ops.c — the SQL of each write op.  Runs on the writer thread inside the
+ * op's SAVEPOINT; on failure it sets op->err and op->detail and the writer
+ * rolls the savepoint back.  Every value is bound, never spliced.
+ */
+#include "store/sqlite_int.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(struct store_op *op, enum ld_err e, const char *detail)
+{
+    op->err = e;
+    snprintf(op->detail, sizeof(op->detail), "%s", detail);
+    return -1;
+}
+
+static int step_done(struct conn *c, sqlite3_stmt *st, struct store_op *op)
+{
+    if (!st) return fail(op, LD_E_STORAGE, "Storage error");
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW) return 0;
+    if ((rc & 0xff) == SQLITE_CONSTRAINT) return fail(op, LD_E_CONFLICT, "Conflict");
+    fprintf(stderr, "level=error msg=\"write failed\" err=\"%s\"\n", sqlite3_errmsg(c->db));
+    return fail(op, LD_E_STORAGE, "Storage error");
+}
+
+static int insert_idem(struct conn *c, struct store_op *op)
+{
+    if (!op->idem) return 0;
+    sqlite3_stmt *st = conn_stmt(c, "INSERT INTO idempotency(org_id, key, fingerprint, status,"
+                                    " body, created_at) VALUES(?,?,?,?,?,?)");
+    if (!st) return fail(op, LD_E_STORAGE, "Storage error");
+    bind_text(st, 1, op->idem->org_id);
+    bind_text(st, 2, op->idem->key);
+    bind_text(st, 3, op->idem->fingerprint);
+    sqlite3_bind_int(st, 4, op->idem->status);
+    bind_text(st, 5, op->idem->body);
+    sqlite3_bind_int64(st, 6, op->idem->created_at);
+    if (step_done(c, st, op)) {
+        /* the key was taken by a request committed moments ago: the caller
+         * re-reads it and replays (or answers 422) */
+        if (op->err == LD_E_CONFLICT) op->idem_conflict = 1;
+        return -1;
+    }
+    return 0;
+}
+
+static const char *INSERT_SESSION =
+    "INSERT INTO sessions(id, org_id, workspace_id, harness_id, agent_id, owner_principal_id,"
+    " owner_user_id, model_id, agent_identity_id, title, goal, locale, tags, extra, features,"
+    " singleton_key, status, outcome, source, created_at, updated_at, last_activity_at, version)"
+    " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,?,?,1)";
+
+static void bind_session(sqlite3_stmt *st, const struct session_rec *s)
+{
+    bind_text(st, 1, s->id);
+    bind_text(st, 2, s->org_id);
+    bind_text(st, 3, s->workspace_id);
+    bind_text(st, 4, s->harness_id);
+    bind_text_opt(st, 5, s->agent_id);
+    bind_text(st, 6, s->owner_principal_id);
+    bind_text_opt(st, 7, s->owner_user_id);
+    bind_text_opt(st, 8, s->model_id);
+    bind_text_opt(st, 9, s->agent_identity_id);
+    if (s->title)
+        bind_text(st, 10, s->title);
+    else
+        sqlite3_bind_null(st, 10);
+    bind_text_opt(st, 11, s->goal);
+    bind_text_opt(st, 12, s->locale);
+    bind_text(st, 13, s->tags);
+    bind_text(st, 14, s->extra);
+    bind_text_opt(st, 15, s->features);
+    bind_text_opt(st, 16, s->singleton_key);
+    sqlite3_bind_int(st, 17, s->status);
+    bind_text(st, 18, s->source);
+    sqlite3_bind_int64(st, 19, s->created_at);
+    sqlite3_bind_int64(st, 20, s->updated_at);
+    sqlite3_bind_int64(st, 21, s->created_at);
+}
+
+static void session_insert(struct conn *c, struct store_op *op)
+{
+    sqlite3_stmt *st = conn_stmt(c, INSERT_SESSION);
+    if (!st) {
+        fail(op, LD_E_STORAGE, "Storage error");
+        return;
+    }
+    bind_session(st, op->session);
+    if (step_done(c, st, op)) return;
+    insert_idem(c, op);
+}
+
+static void chat_get_or_create(struct conn *c, struct store_op *op)
+{
+    /* the UNIQUE singleton_key makes this race-free: the first op inserts,
+     * every later one finds the row (all writes are serialized here) */
+    sqlite3_stmt *st = conn_stmt(c, "SELECT 1 FROM sessions WHERE singleton_key = ?");
+    if (!st) {
+        fail(op, LD_E_STORAGE, "Storage error");
+        return;
+    }
+    bind_text(st, 1, op->session->singleton_key);
+    int found = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_reset(st);
+    if (found) return;
+    session_insert(c, op);
+    if (op->err == LD_OK) op->created = 1;
+}
+
+static int exists(struct conn *c, const char *sql, const char *a, const char *b)
+{
+    sqlite3_stmt *st = conn_stmt(c, sql);
+    if (!st) return 0;
+    bind_text(st, 1, a);
+    bind_text(st, 2, b);
+    int r = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_reset(st);
+    return r;
+}
+
+static void session_patch(struct conn *c, struct store_op *op)
+{
+    const struct session_patch *p = op->patch;
+    sqlite3_stmt *st = conn_stmt(
+        c, "UPDATE sessions SET title = coalesce(?3, title), tags = coalesce(?4, tags),"
+           " locale = coalesce(?5, locale), goal = coalesce(?6, goal),"
+           " agent_identity_id = CASE WHEN ?7 THEN nullif(?8, '') ELSE agent_identity_id END,"
+           " updated_at = max(?9, updated_at + 1), version = version + 1"
+           " WHERE org_id = ?1 AND id = ?2 AND (?10 = 0 OR version = ?10)");
+    if (!st) {
+        fail(op, LD_E_STORAGE, "Storage error");
+        return;
+    }
+    bind_text(st, 1, op->org_id);
+    bind_text(st, 2, op->id);
+    if (p->title) bind_text(st, 3, p->title);
+    if (p->tags) bind_text(st, 4, p->tags);
+    if (p->locale) bind_text(st, 5, p->locale);
+    if (p->goal) bind_text(st, 6, p->goal);
+    sqlite3_bind_int(st, 7, p->set_identity);
+    bind_text(st, 8, p->agent_identity_id);
+    sqlite3_bind_int64(st, 9, p->now);
+    sqlite3_bind_int64(st, 10, p->if_match);
+    if (step_done(c, st, op)) return;
+    if (sqlite3_changes(c->db) == 1) return;
+    if (exists(c, "SELECT 1 FROM sessions WHERE org_id = ? AND id = ?", op->org_id, op->id))
+        fail(op, LD_E_PRECONDITION,
+             "The session was changed since the ETag given in If-Match; fetch it again");
+    else
+        fail(op, LD_E_NOT_FOUND, "Session not found");
+}
+
+static void session_delete(struct conn *c, struct store_op *op)
+{
+    sqlite3_stmt *st = conn_stmt(c, "DELETE FROM sessions WHERE org_id = ? AND id = ?");
+    if (!st) {
+        fail(op, LD_E_STORAGE, "Storage error");
+        return;
+    }
+    bind_text(st, 1, op->org_id);
+    bind_text(st, 2, op->id);
+    if (step_done(c, st, op)) return;
+    if (sqlite3_changes(c->db) != 1) fail(op, LD_E_NOT_FOUND, "Session not found");
+}
+
+static void pin(struct conn *c, struct store_op *op)
+{
+    if (!exists(c, "SELECT 1 FROM sessions WHERE org_id = ? AND id = ?", op->org_id, op->id)) {
+        fail(op, LD_E_NOT_FOUND, "Session not found");
+        return;
+    }
+    sqlite3_stmt *st = op->flag
+                           ? conn_stmt(c, "INSERT INTO pins(user_id, session_id, created_at)"
+                                          " VALUES(?, ?, ?) ON CONFLICT DO NOTHING")
+                           : conn_stmt(c, "DELETE FROM pins WHERE user_id = ? AND session_id = ?");
+    if (!st) {
+        fail(op, LD_E_STORAGE, "Storage error");
+        return;
+    }
+    bind_text(st, 1, op->user_id);
+    bind_text(st, 2, op->id);
+    if (op->flag) sqlite3_bind_int64(st, 3, op->if_match /* carries now */);
+    if (step_done(c, st, op)) return;
+    /* the representation changed: a new ETag */
+    st = conn_stmt(c, "UPDATE sessions SET version = version + 1 WHERE org_id = ? AND id = ?");
+    bind_text(st, 1, op->org_id);
+    bind_text(st, 2, op->id);
+    step_done(c, st, op);
+}
+
+static void bind_agent(sqlite3_stmt *st, const struct agent_rec *a)
+{
+    bind_text(st, 1, a->id);
+    bind_text(st, 2, a->org_id);
+    bind_text(st, 3, a->name);
+    bind_text_opt(st, 4, a->display_name);
+    bind_text_opt(st, 5, a->description);
+    bind_text(st, 6, a->system_prompt);
+    bind_text(st, 7, a->harness_id);
+    bind_text_opt(st, 8, a->default_model_id);
+    bind_text(st, 9, a->tags);
+    bind_text(st, 10, a->extra);
+    if (a->archived)
+        sqlite3_bind_int64(st, 11, a->archived_at);
+    else
+        sqlite3_bind_null(st, 11);
+    sqlite3_bind_int64(st, 12, a->created_at);
+    sqlite3_bind_int64(st, 13, a->updated_at);
+}
+
+static void agent_insert(struct conn *c, struct store_op *op)
+{
+    sqlite3_stmt *st = conn_stmt(
+        c, "INSERT INTO agents(id, org_id, name, display_name, description, system_prompt,"
+           " harness_id, default_model_id, tags, extra, archived_at, created_at, updated_at,"
+           " version) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,1)");
+    if (!st) {
+        fail(op, LD_E_STORAGE, "Storage error");
+        return;
+    }
+    bind_agent(st, op->agent);
+    if (step_done(c, st, op)) {
+        if (op->err == LD_E_CONFLICT) {
+            if (exists(c, "SELECT 1 FROM agents WHERE org_id = ? AND name = ?", op->agent->org_id,
+                       op->agent->name))
+                snprintf(op->detail, sizeof(op->detail), "Agent name '%s' is already taken",
+                         op->agent->name);
+            else
+                snprintf(op->detail, sizeof(op->detail), "Agent ID '%s' is already taken",
+                         op->agent->id);
+        }
+        return;
+    }
+    insert_idem(c, op);
+}
+
+static void agent_update(struct conn *c, struct store_op *op)
+{
+    sqlite3_stmt *st = conn_stmt(
+        c, "UPDATE agents SET name = ?3, display_name = ?4, description = ?5,"
+           " system_prompt = ?6, harness_id = ?7, default_model_id = ?8, tags = ?9, extra = ?10,"
+           " archived_at = ?11, updated_at = max(?13, updated_at + 1), version = version + 1"
+           " WHERE id = ?1 AND org_id = ?2 AND (?14 = 0 OR version = ?14)");
+    if (!st) {
+        fail(op, LD_E_STORAGE, "Storage error");
+        return;
+    }
+    bind_agent(st, op->agent);
+    sqlite3_bind_int64(st, 14, op->if_match);
+    if (step_done(c, st, op)) {
+        if (op->err == LD_E_CONFLICT)
+            snprintf(op->detail, sizeof(op->detail), "Agent name '%s' is already taken",
+                     op->agent->name);
+        return;
+    }
+    if (sqlite3_changes(c->db) == 1) return;
+    if (exists(c, "SELECT 1 FROM agents WHERE id = ? AND org_id = ?", op->agent->id,
+               op->agent->org_id))
+        fail(op, LD_E_PRECONDITION, "The agent was changed concurrently; fetch it again");
+    else
+        fail(op, LD_E_NOT_FOUND, "Agent not found");
+}
+
+static void agent_archive(struct conn *c, struct store_op *op)
+{
+    sqlite3_stmt *st = conn_stmt(c, "UPDATE agents SET archived_at = coalesce(archived_at, ?3),"
+                                    " updated_at = max(?3, updated_at + 1), version = version + 1"
+                                    " WHERE org_id = ?1 AND id = ?2");
+    if (!st) {
+        fail(op, LD_E_STORAGE, "Storage error");
+        return;
+    }
+    bind_text(st, 1, op->org_id);
+    bind_text(st, 2, op->id);
+    sqlite3_bind_int64(st, 3, op->if_match /* carries now */);
+    if (step_done(c, st, op)) return;
+    if (sqlite3_changes(c->db) != 1) fail(op, LD_E_NOT_FOUND, "Agent not found");
+}
+
+void ops_run(struct conn *c, struct store_op *op)
+{
+    switch (op->kind) {
+    case SOP_SESSION_INSERT:
+        session_insert(c, op);
+        break;
+    case SOP_SESSION_PATCH:
+        session_patch(c, op);
+        break;
+    case SOP_SESSION_DELETE:
+        session_delete(c, op);
+        break;
+    case SOP_CHAT_GET_OR_CREATE:
+        chat_get_or_create(c, op);
+        break;
+    case SOP_PIN:
+        pin(c, op);
+        break;
+    case SOP_AGENT_INSERT:
+        agent_insert(c, op);
+        break;
+    case SOP_AGENT_UPDATE:
+        agent_update(c, op);
+        break;
+    case SOP_AGENT_ARCHIVE:
+        agent_archive(c, op);
+        break;
+    case SOP_NOOP:
+        break;
+    }
+}

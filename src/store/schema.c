@@ -1,0 +1,114 @@
+/*
+ * schema.c — versioned migrations, run at start inside one transaction.
+ * `PRAGMA user_version` holds the number of migrations applied; each entry
+ * of migrations[] moves it up by one and is never edited once released —
+ * a change is a new entry.
+ *
+ * Counters: session_counts keeps per-org, per-status counts in step with
+ * the sessions table through triggers, so `total` of an unfiltered list
+ * and /v1/sessions/stats are O(1) at any number of sessions.
+ */
+#include "store/sqlite_int.h"
+#include <stdio.h>
+
+static const char *const migrations[] = {
+    /* 1: the foundation */
+    "CREATE TABLE orgs(id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at INTEGER NOT NULL);"
+    "CREATE TABLE users(id TEXT PRIMARY KEY, email TEXT, name TEXT,"
+    "  created_at INTEGER NOT NULL);"
+    "CREATE TABLE members(org_id TEXT NOT NULL REFERENCES orgs(id), user_id TEXT NOT NULL"
+    "  REFERENCES users(id), role TEXT NOT NULL, principal_id TEXT NOT NULL UNIQUE,"
+    "  PRIMARY KEY(org_id, user_id)) WITHOUT ROWID;"
+    "CREATE TABLE api_keys(id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL,"
+    "  name TEXT, user_id TEXT NOT NULL, org_id TEXT NOT NULL, created_at INTEGER NOT NULL,"
+    "  revoked_at INTEGER);"
+    "CREATE TABLE harnesses(id TEXT PRIMARY KEY, org_id TEXT NOT NULL, name TEXT NOT NULL,"
+    "  display_name TEXT, description TEXT, system_prompt TEXT, parent_id TEXT,"
+    "  default_model_id TEXT, capabilities TEXT NOT NULL DEFAULT '[]',"
+    "  tags TEXT NOT NULL DEFAULT '[]', is_built_in INTEGER NOT NULL DEFAULT 0,"
+    "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, UNIQUE(org_id, name));"
+    "CREATE TABLE agents(id TEXT PRIMARY KEY, org_id TEXT NOT NULL, name TEXT NOT NULL,"
+    "  display_name TEXT, description TEXT, system_prompt TEXT NOT NULL,"
+    "  harness_id TEXT NOT NULL, default_model_id TEXT, tags TEXT NOT NULL,"
+    "  extra TEXT NOT NULL, archived_at INTEGER, created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL, version INTEGER NOT NULL DEFAULT 1,"
+    "  UNIQUE(org_id, name));"
+    "CREATE INDEX agents_org_created ON agents(org_id, created_at);"
+    "CREATE TABLE sessions(seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
+    "  org_id TEXT NOT NULL, workspace_id TEXT NOT NULL, harness_id TEXT NOT NULL,"
+    "  agent_id TEXT, owner_principal_id TEXT NOT NULL, owner_user_id TEXT, model_id TEXT,"
+    "  agent_identity_id TEXT, title TEXT, goal TEXT, locale TEXT, preview TEXT,"
+    "  output_preview TEXT, tags TEXT NOT NULL, extra TEXT NOT NULL, features TEXT,"
+    "  singleton_key TEXT UNIQUE, status INTEGER NOT NULL, outcome INTEGER NOT NULL DEFAULT 0,"
+    "  source TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,"
+    "  started_at INTEGER, last_activity_at INTEGER NOT NULL,"
+    "  in_tokens INTEGER NOT NULL DEFAULT 0, out_tokens INTEGER NOT NULL DEFAULT 0,"
+    "  cache_read_tokens INTEGER NOT NULL DEFAULT 0,"
+    "  cache_creation_tokens INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL DEFAULT 1);"
+    "CREATE INDEX sessions_org_created ON sessions(org_id, created_at);"
+    "CREATE INDEX sessions_org_activity ON sessions(org_id, last_activity_at);"
+    "CREATE INDEX sessions_org_agent ON sessions(org_id, agent_id, created_at)"
+    "  WHERE agent_id IS NOT NULL;"
+    "CREATE TABLE pins(user_id TEXT NOT NULL, session_id TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL, PRIMARY KEY(user_id, session_id)) WITHOUT ROWID;"
+    "CREATE INDEX pins_session ON pins(session_id);"
+    "CREATE TABLE session_counts(org_id TEXT NOT NULL, status INTEGER NOT NULL,"
+    "  n INTEGER NOT NULL, PRIMARY KEY(org_id, status)) WITHOUT ROWID;"
+    "CREATE TRIGGER sessions_ai AFTER INSERT ON sessions BEGIN"
+    "  INSERT INTO session_counts(org_id, status, n) VALUES(new.org_id, new.status, 1)"
+    "    ON CONFLICT(org_id, status) DO UPDATE SET n = n + 1;"
+    "END;"
+    "CREATE TRIGGER sessions_ad AFTER DELETE ON sessions BEGIN"
+    "  UPDATE session_counts SET n = n - 1 WHERE org_id = old.org_id AND status = old.status;"
+    "  DELETE FROM pins WHERE session_id = old.id;"
+    "END;"
+    "CREATE TRIGGER sessions_au AFTER UPDATE OF status ON sessions"
+    "  WHEN old.status <> new.status BEGIN"
+    "  UPDATE session_counts SET n = n - 1 WHERE org_id = old.org_id AND status = old.status;"
+    "  INSERT INTO session_counts(org_id, status, n) VALUES(new.org_id, new.status, 1)"
+    "    ON CONFLICT(org_id, status) DO UPDATE SET n = n + 1;"
+    "END;"
+    "CREATE TABLE idempotency(org_id TEXT NOT NULL, key TEXT NOT NULL,"
+    "  fingerprint TEXT NOT NULL, status INTEGER NOT NULL, body TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL, PRIMARY KEY(org_id, key)) WITHOUT ROWID;"
+    "CREATE INDEX idempotency_created ON idempotency(created_at);",
+};
+#define NMIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))
+
+int schema_migrate(struct conn *c, char *err, size_t errlen)
+{
+    if (conn_exec(c, "BEGIN IMMEDIATE")) {
+        snprintf(err, errlen, "migrate: %s", sqlite3_errmsg(c->db));
+        return -1;
+    }
+    sqlite3_stmt *st = NULL;
+    int version = 0;
+    if (sqlite3_prepare_v2(c->db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        version = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (version > NMIGRATIONS) {
+        conn_exec(c, "ROLLBACK");
+        snprintf(err, errlen, "database schema version %d is newer than this loopd (%d)", version,
+                 NMIGRATIONS);
+        return -1;
+    }
+    for (int v = version; v < NMIGRATIONS; v++) {
+        char *msg = NULL;
+        if (sqlite3_exec(c->db, migrations[v], NULL, NULL, &msg) != SQLITE_OK) {
+            snprintf(err, errlen, "migration %d failed: %s", v + 1, msg ? msg : "?");
+            sqlite3_free(msg);
+            conn_exec(c, "ROLLBACK");
+            return -1;
+        }
+        char pv[64];
+        snprintf(pv, sizeof(pv), "PRAGMA user_version=%d", v + 1);
+        conn_exec(c, pv);
+    }
+    if (conn_exec(c, "COMMIT")) {
+        snprintf(err, errlen, "migrate commit: %s", sqlite3_errmsg(c->db));
+        conn_exec(c, "ROLLBACK");
+        return -1;
+    }
+    return 0;
+}

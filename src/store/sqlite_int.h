@@ -1,0 +1,66 @@
+/*
+ * sqlite_int.h — private to store/: the connection wrapper with its cache of
+ * prepared statements, and helpers shared by the store's files.
+ */
+#ifndef LOOPD_SQLITE_INT_H
+#define LOOPD_SQLITE_INT_H
+#include "store/store.h"
+#include <pthread.h>
+#include <sqlite3.h>
+
+#define STMT_CACHE 48
+
+struct conn {
+    sqlite3 *db;
+    struct {
+        char *sql; /* owned copy (dynamic SQL is cached too) */
+        sqlite3_stmt *st;
+        uint64_t used;
+    } cache[STMT_CACHE];
+    uint64_t tick;
+};
+
+int conn_open(struct conn *c, const char *path, int readonly, char *err, size_t errlen);
+void conn_close(struct conn *c);
+/* A prepared, reset statement for sql (cached by text). NULL on error. */
+sqlite3_stmt *conn_stmt(struct conn *c, const char *sql);
+int conn_exec(struct conn *c, const char *sql);
+
+/* binding helpers: NULL or "" binds SQL NULL for _opt */
+void bind_text(sqlite3_stmt *s, int i, const char *v);
+void bind_text_opt(sqlite3_stmt *s, int i, const char *v);
+const char *col_text(sqlite3_stmt *s, int i, struct arena *a); /* NULL if SQL NULL */
+void col_copy(sqlite3_stmt *s, int i, char *out, size_t n);    /* "" if NULL */
+
+int schema_migrate(struct conn *c, char *err, size_t errlen);
+
+struct writer;
+struct store {
+    char path[600];
+    struct conn rd; /* loop-thread reads */
+    struct writer *w;
+};
+
+struct writer *writer_start(const char *path, char *err, size_t errlen);
+void writer_stop(struct writer *w);
+int writer_fd(struct writer *w);
+enum ld_err writer_submit(struct writer *w, struct store_op *op);
+void writer_drain(struct writer *w);
+long writer_pending(struct writer *w);
+void writer_quiesce(struct writer *w);
+void writer_metrics(struct writer *w, struct store_metrics *m);
+
+/* the SQL each op runs (store/ops.c), inside a SAVEPOINT on the writer */
+void ops_run(struct conn *c, struct store_op *op);
+
+/* session row reading shared by reads and ops */
+#define SESSION_COLS                                                                               \
+    "s.id, s.org_id, s.workspace_id, s.harness_id, s.agent_id, s.owner_principal_id, "             \
+    "s.owner_user_id, s.model_id, s.agent_identity_id, s.title, s.goal, s.locale, s.preview, "     \
+    "s.output_preview, s.tags, s.extra, s.features, s.singleton_key, s.status, s.outcome, "        \
+    "s.source, s.created_at, s.updated_at, s.started_at, s.last_activity_at, s.in_tokens, "        \
+    "s.out_tokens, s.cache_read_tokens, s.cache_creation_tokens, s.version"
+#define SESSION_NCOLS 30
+void read_session(sqlite3_stmt *s, struct arena *a, struct session_rec *r);
+
+#endif

@@ -1,0 +1,145 @@
+/*
+ * store.h — the storage interface.  No SQLite type leaks out of store/, so a
+ * PostgreSQL backend (multinode.md) is a new implementation of this file.
+ *
+ * Two paths:
+ *  - Reads (store_*_get/list) run synchronously on the caller's thread (the
+ *    event loop) on a read-only connection.  In WAL mode they never wait for
+ *    the writer.
+ *  - Writes are `struct store_op`s handed to the writer thread with
+ *    store_submit().  The writer runs queued ops in one transaction (group
+ *    commit, each op inside its own SAVEPOINT so one op's failure does not
+ *    undo its neighbours), commits with synchronous=FULL, and only then
+ *    hands every op back to the loop, where op->done runs.  So a 2xx sent
+ *    from `done` means the write is on disk.
+ */
+#ifndef LOOPD_STORE_H
+#define LOOPD_STORE_H
+#include "core/err.h"
+#include "core/model.h"
+#include "util/mem.h"
+
+struct store;
+
+enum store_op_kind {
+    SOP_SESSION_INSERT,     /* session (+ idem) */
+    SOP_SESSION_PATCH,      /* org_id, id, patch -> session */
+    SOP_SESSION_DELETE,     /* org_id, id */
+    SOP_CHAT_GET_OR_CREATE, /* session (to insert if absent) -> session, created */
+    SOP_PIN,                /* org_id, id, user_id, flag */
+    SOP_AGENT_INSERT,       /* agent (+ idem) */
+    SOP_AGENT_UPDATE,       /* agent (full new row; if_match version) */
+    SOP_AGENT_ARCHIVE,      /* org_id, id */
+    SOP_NOOP,               /* commits nothing; for tests of the queue */
+};
+
+struct idem_rec {
+    const char *org_id, *key, *fingerprint, *body;
+    int status;
+    int64_t created_at;
+};
+
+struct store_op {
+    struct store_op *next;
+    enum store_op_kind kind;
+    struct arena *arena;               /* results are allocated here */
+    void (*done)(struct store_op *op); /* runs on the loop thread after commit */
+    void *ud;
+
+    /* arguments */
+    const char *org_id, *id, *user_id;
+    struct session_rec *session;
+    struct session_patch *patch;
+    struct agent_rec *agent;
+    struct idem_rec *idem; /* inserted in the same transaction, if set */
+    int flag;
+    int64_t if_match;
+
+    /* results */
+    enum ld_err err;
+    char detail[256];
+    int created;       /* SOP_CHAT_GET_OR_CREATE: 1 if this op inserted the row */
+    int idem_conflict; /* the Idempotency-Key was committed by another request */
+};
+
+/* Opens (creating) <dir>/loopd.db, runs migrations, starts the writer.
+ * notify_fd: an eventfd the writer signals when ops are done. */
+struct store *store_open(const char *dir, char *err, size_t errlen);
+void store_close(struct store *st);
+int store_notify_fd(struct store *st);
+/* Queues an op.  LD_E_UNAVAILABLE when the queue is full or closing. */
+enum ld_err store_submit(struct store *st, struct store_op *op);
+/* Runs `done` for every op the writer has finished (call on the loop). */
+void store_drain(struct store *st);
+/* Ops queued or running. */
+long store_pending(struct store *st);
+/* Stops taking ops; returns when the writer has finished all queued ones. */
+void store_quiesce(struct store *st);
+
+/* metrics: histogram of batch sizes (ops per commit) */
+#define STORE_BATCH_BUCKETS 8
+struct store_metrics {
+    uint64_t commits, ops, commit_failures;
+    uint64_t batch_hist[STORE_BATCH_BUCKETS]; /* <=1,2,4,8,16,64,256,inf */
+    uint64_t commit_us_total;
+};
+void store_metrics(struct store *st, struct store_metrics *m);
+
+/* ---- bootstrap, orgs, keys (used at start and by `loopd keys`) ---- */
+#define DEFAULT_ORG_ID "org_00000000000000000000000000000001"
+#define DEFAULT_USER_ID "00000000-0000-0000-0000-000000000001"
+
+/* Ensures the default org, user and built-ins exist.  If no key exists yet,
+ * creates one (bootstrap_key if given, else random) and returns it in
+ * key_out (else key_out is ""). */
+enum ld_err store_bootstrap(struct store *st, const char *bootstrap_key, char *key_out,
+                            size_t keylen);
+/* Creates a new org with its own user; returns the org and user ids. */
+enum ld_err store_org_create(struct store *st, const char *name, char org_out[ID_MAX],
+                             char user_out[40]);
+/* Creates a key for user in org; returns the token and the key id. */
+enum ld_err store_key_create(struct store *st, const char *org_id, const char *user_id,
+                             const char *name, const char *token_or_null, char *token_out,
+                             size_t toklen, char key_id_out[ID_MAX]);
+enum ld_err store_key_revoke(struct store *st, const char *key_id);
+/* Calls fn for every key (one JSON object per call). */
+void store_key_list(struct store *st, void (*fn)(const char *json, void *ud), void *ud);
+
+/* ---- reads ---- */
+/* Resolves a token to a principal; org_hint is X-Org-Id or NULL.
+ * LD_E_UNAUTHORIZED (detail set) or LD_E_NOT_FOUND for a non-member org. */
+enum ld_err store_auth(struct store *st, const char *token, const char *org_hint,
+                       struct principal *p, char *detail, size_t dlen);
+/* The principal of user in org (for --auth none). */
+enum ld_err store_principal(struct store *st, const char *org_id, const char *user_id,
+                            struct principal *p);
+
+enum ld_err store_session_get(struct store *st, const char *org_id, const char *id,
+                              const char *user_id, struct arena *a, struct session_rec *out);
+enum ld_err store_session_by_singleton(struct store *st, const char *org_id, const char *key,
+                                       const char *user_id, struct arena *a,
+                                       struct session_rec *out);
+/* Fills up to f->limit records; *total gets the count of all matches. */
+enum ld_err store_session_list(struct store *st, const char *org_id, const char *user_id,
+                               const struct session_filter *f, struct arena *a,
+                               struct session_rec **rows, int *nrows, int64_t *total);
+enum ld_err store_session_stats(struct store *st, const char *org_id, struct session_stats *s);
+
+enum ld_err store_agent_get(struct store *st, const char *org_id, const char *id_or_name,
+                            struct arena *a, struct agent_rec *out);
+enum ld_err store_agent_list(struct store *st, const char *org_id, const char *search,
+                             int include_archived, long offset, long limit, struct arena *a,
+                             struct agent_rec **rows, int *nrows, int64_t *total);
+
+enum ld_err store_harness_get(struct store *st, const char *org_id, const char *id_or_name,
+                              struct arena *a, struct harness_rec *out);
+enum ld_err store_harness_list(struct store *st, const char *org_id, const char *search,
+                               struct arena *a, struct harness_rec **rows, int *nrows);
+
+enum ld_err store_idem_get(struct store *st, const char *org_id, const char *key, struct arena *a,
+                           struct idem_rec *out);
+
+/* Deletes idempotency records older than `before_us` (housekeeping). */
+void store_idem_expire(struct store *st, int64_t before_us);
+
+#endif

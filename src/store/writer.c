@@ -1,0 +1,237 @@
+/*
+ * writer.c — the writer thread: the only writer of the database in this
+ * process.
+ *
+ * DESIGN
+ *  - The loop hands ops in through a FIFO bounded at LD_WRITER_QUEUE_MAX;
+ *    past it writer_submit() answers LD_E_UNAVAILABLE (the API says 503).
+ *  - The thread takes everything queued (at most LD_WRITER_BATCH_MAX) and
+ *    runs it in ONE transaction: BEGIN IMMEDIATE, then each op inside its
+ *    own SAVEPOINT (a failing op is rolled back alone and reports its
+ *    error), then COMMIT.  With synchronous=FULL the commit returns after
+ *    the WAL is fsynced, so every op of the batch is durable at once: group
+ *    commit.  While one batch syncs, the next accumulates.
+ *  - If COMMIT fails, every op of the batch reports LD_E_STORAGE: none of
+ *    them is acknowledged.
+ *  - Finished ops go to a done list in FIFO order and the loop is woken
+ *    through an eventfd; their `done` callbacks run on the loop thread
+ *    (writer_drain), never here.
+ *  - The queue, the done list and the metrics are the only state shared by
+ *    the two threads, all under `mu`.
+ */
+#include "limits.h"
+#include "store/sqlite_int.h"
+#include "util/timeutil.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+struct writer {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;   /* signalled when ops are queued or on stop */
+    pthread_cond_t idle; /* signalled when the queue is empty and no batch runs */
+    struct store_op *head, *tail;
+    long queued;
+    int running; /* a batch is in progress */
+    struct store_op *done_head, *done_tail;
+    int closing, stop;
+    int efd;
+    struct conn c;
+    struct store_metrics m;
+};
+
+static void finish_batch(struct writer *w, struct store_op *batch, struct store_op *last, int n,
+                         int64_t us)
+{
+    pthread_mutex_lock(&w->mu);
+    if (w->done_tail)
+        w->done_tail->next = batch;
+    else
+        w->done_head = batch;
+    w->done_tail = last;
+    w->running = 0;
+    w->m.commits++;
+    w->m.ops += (uint64_t)n;
+    w->m.commit_us_total += (uint64_t)us;
+    static const int bounds[STORE_BATCH_BUCKETS - 1] = {1, 2, 4, 8, 16, 64, 256};
+    int b = 0;
+    while (b < STORE_BATCH_BUCKETS - 1 && n > bounds[b])
+        b++;
+    w->m.batch_hist[b]++;
+    if (!w->head) pthread_cond_broadcast(&w->idle);
+    pthread_mutex_unlock(&w->mu);
+    uint64_t one = 1;
+    ssize_t r = write(w->efd, &one, sizeof(one));
+    (void)r;
+}
+
+static void run_batch(struct writer *w, struct store_op *batch)
+{
+    int64_t t0 = time_mono_us();
+    int n = 0;
+    struct store_op *last = batch;
+    int began = conn_exec(&w->c, "BEGIN IMMEDIATE") == 0;
+    for (struct store_op *op = batch; op; op = op->next) {
+        last = op;
+        n++;
+        op->err = LD_OK;
+        if (!began) {
+            op->err = LD_E_STORAGE;
+            snprintf(op->detail, sizeof(op->detail), "Storage is unavailable");
+            continue;
+        }
+        conn_exec(&w->c, "SAVEPOINT op");
+        ops_run(&w->c, op);
+        if (op->err != LD_OK) conn_exec(&w->c, "ROLLBACK TO op");
+        conn_exec(&w->c, "RELEASE op");
+    }
+    if (began && conn_exec(&w->c, "COMMIT") != 0) {
+        fprintf(stderr, "level=error msg=\"commit failed\" err=\"%s\"\n", sqlite3_errmsg(w->c.db));
+        conn_exec(&w->c, "ROLLBACK");
+        pthread_mutex_lock(&w->mu);
+        w->m.commit_failures++;
+        pthread_mutex_unlock(&w->mu);
+        for (struct store_op *op = batch; op; op = op->next) {
+            op->err = LD_E_STORAGE;
+            snprintf(op->detail, sizeof(op->detail), "The write could not be made durable");
+        }
+    }
+    finish_batch(w, batch, last, n, time_mono_us() - t0);
+}
+
+static void *writer_main(void *arg)
+{
+    struct writer *w = arg;
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        while (!w->head && !w->stop)
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (!w->head && w->stop) {
+            pthread_mutex_unlock(&w->mu);
+            break;
+        }
+        struct store_op *batch = w->head, *p = batch;
+        int n = 1;
+        while (p->next && n < LD_WRITER_BATCH_MAX) {
+            p = p->next;
+            n++;
+        }
+        w->head = p->next;
+        if (!w->head) w->tail = NULL;
+        p->next = NULL;
+        w->queued -= n;
+        w->running = 1;
+        pthread_mutex_unlock(&w->mu);
+        run_batch(w, batch);
+    }
+    return NULL;
+}
+
+struct writer *writer_start(const char *path, char *err, size_t errlen)
+{
+    struct writer *w = xcalloc(1, sizeof(*w));
+    if (conn_open(&w->c, path, 0, err, errlen)) {
+        free(w);
+        return NULL;
+    }
+    w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    pthread_cond_init(&w->idle, NULL);
+    if (w->efd < 0 || pthread_create(&w->th, NULL, writer_main, w) != 0) {
+        snprintf(err, errlen, "cannot start the writer thread");
+        conn_close(&w->c);
+        if (w->efd >= 0) close(w->efd);
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+void writer_stop(struct writer *w)
+{
+    if (!w) return;
+    pthread_mutex_lock(&w->mu);
+    w->stop = 1;
+    w->closing = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->th, NULL);
+    writer_drain(w);
+    conn_close(&w->c);
+    close(w->efd);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    pthread_cond_destroy(&w->idle);
+    free(w);
+}
+
+int writer_fd(struct writer *w)
+{
+    return w->efd;
+}
+
+enum ld_err writer_submit(struct writer *w, struct store_op *op)
+{
+    op->next = NULL;
+    pthread_mutex_lock(&w->mu);
+    if (w->closing || w->queued >= LD_WRITER_QUEUE_MAX) {
+        pthread_mutex_unlock(&w->mu);
+        return LD_E_UNAVAILABLE;
+    }
+    if (w->tail)
+        w->tail->next = op;
+    else
+        w->head = op;
+    w->tail = op;
+    w->queued++;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    return LD_OK;
+}
+
+void writer_drain(struct writer *w)
+{
+    uint64_t v;
+    ssize_t r = read(w->efd, &v, sizeof(v));
+    (void)r;
+    pthread_mutex_lock(&w->mu);
+    struct store_op *op = w->done_head;
+    w->done_head = w->done_tail = NULL;
+    pthread_mutex_unlock(&w->mu);
+    while (op) {
+        struct store_op *next = op->next;
+        op->next = NULL;
+        if (op->done) op->done(op);
+        op = next;
+    }
+}
+
+long writer_pending(struct writer *w)
+{
+    pthread_mutex_lock(&w->mu);
+    long n = w->queued + (w->running ? 1 : 0);
+    for (struct store_op *op = w->done_head; op; op = op->next)
+        n++;
+    pthread_mutex_unlock(&w->mu);
+    return n;
+}
+
+void writer_quiesce(struct writer *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->closing = 1;
+    while (w->head || w->running)
+        pthread_cond_wait(&w->idle, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+}
+
+void writer_metrics(struct writer *w, struct store_metrics *m)
+{
+    pthread_mutex_lock(&w->mu);
+    *m = w->m;
+    pthread_mutex_unlock(&w->mu);
+}

@@ -1,0 +1,1 @@
+#define LOOPD_VERSION "0.1.0"

@@ -1,0 +1,179 @@
+"""Authentication, API keys, organizations and tenant isolation."""
+import pytest
+import requests
+
+from conftest import (ANON_USER, DEFAULT_ORG, HARNESS_GENERIC, assert_problem, expect,
+                      random_key, validate, id_re)
+
+
+@pytest.mark.parametrize("scheme", ["", "Bearer ", "bearer ", "BEARER ", "ApiKey ", "apikey ", "APIKEY "])
+def test_accepted_auth_schemes(server, scheme):
+    r = requests.get(server.base + "/v1/sessions/stats",
+                     headers={"Authorization": scheme + server.key}, timeout=5)
+    expect(r, 200)
+    validate(r.json(), "SessionStatsResponse")
+
+
+def test_missing_key_is_401(server):
+    r = requests.get(server.base + "/v1/sessions", timeout=5)
+    assert_problem(r, 401, detail="Authentication required")
+
+
+def test_unknown_key_is_401(server):
+    for value in (random_key(), "Bearer " + random_key(), "ApiKey " + random_key()):
+        r = requests.get(server.base + "/v1/sessions", headers={"Authorization": value}, timeout=5)
+        assert_problem(r, 401, detail="Invalid API key")
+
+
+@pytest.mark.parametrize("value", ["Basic eHl6OnB3", "Basic xyz", "Digest abc", "Bearer", "Bearer ",
+                                   "evr_pat_", "Token KEY"])
+def test_rejected_auth_values(server, value):
+    value = value.replace("KEY", server.key)
+    r = requests.get(server.base + "/v1/sessions", headers={"Authorization": value}, timeout=5)
+    assert_problem(r, 401)
+
+
+def test_unauthenticated_write_creates_nothing(server, api):
+    before = expect(api.get("/v1/sessions/stats"), 200).json()["total"]
+    r = requests.post(server.base + "/v1/sessions", json={"title": "nope"}, timeout=5)
+    assert_problem(r, 401)
+    r = requests.post(server.base + "/v1/sessions/chat", timeout=5)
+    assert_problem(r, 401)
+    r = requests.post(server.base + "/v1/agents", json={"name": "nope", "system_prompt": "x"}, timeout=5)
+    assert_problem(r, 401)
+    assert expect(api.get("/v1/sessions/stats"), 200).json()["total"] == before
+
+
+def test_default_org_and_x_org_id(api):
+    s = api.create_session()
+    assert s["organization_id"] == DEFAULT_ORG
+    r = api.get("/v1/sessions/" + s["id"], headers={"X-Org-Id": DEFAULT_ORG})
+    expect(r, 200)
+
+
+@pytest.mark.parametrize("org", ["org_123", "ORG_00000000000000000000000000000001",
+                                 "org_0000000000000000000000000000000G", "not-an-org",
+                                 "org_0000000000000000000000000000001"])
+def test_malformed_x_org_id_is_401(api, org):
+    r = api.get("/v1/sessions", headers={"X-Org-Id": org})
+    assert_problem(r, 401, detail="Invalid organization ID format")
+
+
+def test_x_org_id_not_member_is_404(api):
+    r = api.get("/v1/sessions", headers={"X-Org-Id": "org_0123456789abcdef0123456789abcdef"})
+    assert_problem(r, 404, detail="Organization not found")
+
+
+def test_keys_create_makes_isolated_org(server, api, org2):
+    assert id_re("org").match(org2["org_id"]), org2
+    assert org2["org_id"] != DEFAULT_ORG
+    assert org2["key"].startswith("evr_pat_")
+    c2 = org2["client"]
+
+    # The new org starts empty and sees none of the default org's data.
+    mine = api.create_session({"title": "org1 private"})
+    lst = expect(c2.get("/v1/sessions", params={"search": "org1 private"}), 200).json()
+    assert lst["total"] == 0 and lst["data"] == []
+
+    theirs = c2.create_session({"title": "org2 private"})
+    assert theirs["organization_id"] == org2["org_id"]
+    # Org 2 uses its own generic harness, addressed by name.
+    h = expect(c2.get("/v1/harnesses/generic"), 200).json()
+    assert theirs["harness_id"] == h["id"]
+
+    # Cross-org access by id answers 404 (not 403), for every verb.
+    for c, sid in ((c2, mine["id"]), (api, theirs["id"])):
+        assert_problem(c.get("/v1/sessions/" + sid), 404)
+        assert_problem(c.patch("/v1/sessions/" + sid, {"title": "hijack"}), 404)
+        assert_problem(c.put("/v1/sessions/" + sid + "/pin"), 404)
+        assert_problem(c.delete("/v1/sessions/" + sid + "/pin"), 404)
+        assert_problem(c.post("/v1/sessions/" + sid + "/cancel"), 404)
+        assert_problem(c.delete("/v1/sessions/" + sid), 404)
+    # Nothing was changed by the attempts.
+    assert expect(api.get("/v1/sessions/" + mine["id"]), 200).json()["title"] == "org1 private"
+    assert expect(c2.get("/v1/sessions/" + theirs["id"]), 200).json()["title"] == "org2 private"
+
+    # Org 2's key cannot select org 1, and org 1's key cannot select org 2.
+    assert_problem(c2.get("/v1/sessions", headers={"X-Org-Id": DEFAULT_ORG}), 404,
+                   detail="Organization not found")
+    assert_problem(api.get("/v1/sessions", headers={"X-Org-Id": org2["org_id"]}), 404,
+                   detail="Organization not found")
+    expect(c2.get("/v1/sessions", headers={"X-Org-Id": org2["org_id"]}), 200)
+
+
+def test_cross_org_agents_invisible(api, org2):
+    a = api.create_agent("org-one-agent")
+    c2 = org2["client"]
+    assert_problem(c2.get("/v1/agents/" + a["id"]), 404)
+    assert_problem(c2.get("/v1/agents/org-one-agent"), 404)
+    assert_problem(c2.post("/v1/sessions", {"agent_id": a["id"]}), 404)
+    assert_problem(c2.post("/v1/sessions", {"agent_name": "org-one-agent"}), 404)
+    # The same name is free in the other org.
+    b = c2.create_agent("org-one-agent")
+    assert b["id"] != a["id"]
+
+
+def test_keys_list_and_revoke(fresh_server):
+    srv = fresh_server()
+    info = srv.new_org()
+    keys = srv.keys_list()
+    assert len(keys) == 2, keys
+    by_id = {k["key_id"]: k for k in keys}
+    assert info["key_id"] in by_id
+    for k in keys:
+        for field in ("key_id", "org_id", "prefix", "name", "created_at", "revoked"):
+            assert field in k, (field, k)
+        assert k["revoked"] is False
+        # The full secret is never listed; the prefix identifies it.
+        assert srv.key not in str(k) and info["key"] not in str(k), k
+    assert info["key"].startswith(by_id[info["key_id"]]["prefix"])
+    assert by_id[info["key_id"]]["org_id"] == info["org_id"]
+    boot = [k for k in keys if k["key_id"] != info["key_id"]][0]
+    assert boot["org_id"] == DEFAULT_ORG
+    assert srv.key.startswith(boot["prefix"])
+
+    c2 = srv.client(key=info["key"])
+    expect(c2.get("/v1/sessions"), 200)
+    srv.cli("keys", "revoke", info["key_id"])
+    assert_problem(c2.get("/v1/sessions"), 401)
+    assert [k for k in srv.keys_list() if k["key_id"] == info["key_id"]][0]["revoked"] is True
+    # The bootstrap key still works.
+    expect(srv.client().get("/v1/sessions"), 200)
+
+
+def test_keys_revoke_unknown_fails(fresh_server):
+    srv = fresh_server()
+    res = srv.cli("keys", "revoke", "key_0123456789abcdef0123456789abcdef", check=False)
+    assert res.returncode != 0
+
+
+def test_bootstrap_key_only_used_first_time(fresh_server):
+    """LOOPD_BOOTSTRAP_KEY seeds the first key; a restart with another value
+    does not replace the stored key."""
+    srv = fresh_server()
+    old = srv.key
+    srv.stop_clean()
+    srv.key = random_key()
+    srv.start()
+    expect(srv.client(key=old).get("/v1/sessions"), 200)
+
+
+def test_auth_none_mode(fresh_server):
+    srv = fresh_server(["--auth", "none"])
+    r = requests.get(srv.base + "/v1/sessions", timeout=5)
+    expect(r, 200)
+    r = requests.post(srv.base + "/v1/sessions", json={}, timeout=5)
+    expect(r, 201)
+    s = r.json()
+    validate(s, "WithUrls_Session")
+    assert s["organization_id"] == DEFAULT_ORG
+    assert s["harness_id"] == HARNESS_GENERIC
+    r = requests.post(srv.base + "/v1/sessions/chat", timeout=5)
+    expect(r, 200)
+    assert r.json()["tags"] == ["global-chat", "user:" + ANON_USER]
+    # A header, even an unknown one, does not matter in this mode.
+    r = requests.get(srv.base + "/v1/sessions/" + s["id"], headers={"Authorization": "junk"}, timeout=5)
+    expect(r, 200)
+    # Pinning works for the anonymous user.
+    expect(requests.put(srv.base + "/v1/sessions/%s/pin" % s["id"], timeout=5), 204)
+    assert requests.get(srv.base + "/v1/sessions/" + s["id"], timeout=5).json()["is_pinned"] is True

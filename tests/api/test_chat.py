@@ -1,0 +1,135 @@
+"""POST /v1/sessions/chat: the per-user global chat singleton."""
+import threading
+
+
+from conftest import HARNESS_CHAT, UUID_RE, assert_problem, expect, validate
+
+
+def chat(c, **kw):
+    r = expect(c.post("/v1/sessions/chat", **kw), 200)
+    s = r.json()
+    validate(s, "WithUrls_Session")
+    return s
+
+
+def test_chat_singleton(fresh_server):
+    srv = fresh_server()
+    c = srv.client()
+    first = chat(c)
+    assert first["harness_id"] == HARNESS_CHAT
+    assert first["title"] == "platform-chat"
+    assert first["status"] == "started"
+    assert len(first["tags"]) == 2 and first["tags"][0] == "global-chat"
+    assert first["tags"][1].startswith("user:")
+    assert UUID_RE.match(first["tags"][1][len("user:"):]), first["tags"]
+    assert first.get("source", "chat") == "chat"
+    assert first["self_url"] == "%s/v1/sessions/%s" % (srv.base, first["id"])
+    # platform-chat inherits generic's capabilities.
+    assert {"file_system", "secrets", "key_value"} <= set(first.get("features", []))
+
+    # Every later call (any accepted body form) returns the same session.
+    for kw in ({}, {"json_body": None}, {"json_body": {}}, {"json_body": {"locale": "uk-UA"}},
+               {"data": b"", "headers": {"Content-Type": "application/json"}},
+               {"data": b"null", "headers": {"Content-Type": "application/json"}}):
+        again = chat(c, **kw)
+        assert again["id"] == first["id"], kw
+    alias = expect(c.post("/v1/sessions/platform-chat"), 200).json()
+    validate(alias, "WithUrls_Session")
+    assert alias["id"] == first["id"]
+
+    # It is an ordinary session otherwise: GET works and the list holds one.
+    got = expect(c.get("/v1/sessions/" + first["id"]), 200).json()
+    assert got["tags"] == first["tags"]
+    lst = expect(c.get("/v1/sessions", params={"limit": 100}), 200).json()
+    assert lst["total"] == 1 and lst["data"][0]["id"] == first["id"]
+
+
+def test_chat_locale_only_on_create(fresh_server):
+    srv = fresh_server()
+    c = srv.client()
+    s = chat(c, json_body={"locale": "uk_UA"})
+    assert s["locale"] == "uk-UA"
+    s2 = chat(c, json_body={"locale": "en-US"})
+    assert s2["id"] == s["id"] and s2["locale"] == "uk-UA"
+
+
+def test_chat_bad_bodies(fresh_server):
+    srv = fresh_server()
+    c = srv.client()
+    assert_problem(c.post("/v1/sessions/chat", {"locale": "x" * 65}), 400)
+    assert_problem(c.post("/v1/sessions/chat", {"locale": 5}), 400, detail_contains="locale")
+    assert_problem(c.post("/v1/sessions/chat", data=b"[1]", headers={"Content-Type": "application/json"}), 400)
+    assert_problem(c.post("/v1/sessions/chat", data=b"{", headers={"Content-Type": "application/json"}), 400)
+    # Nothing was created by the failed calls.
+    assert expect(c.get("/v1/sessions"), 200).json()["total"] == 0
+
+
+def test_chat_per_user_and_org(fresh_server):
+    srv = fresh_server()
+    c1 = srv.client()
+    info = srv.new_org()
+    c2 = srv.client(key=info["key"])
+    s1 = chat(c1)
+    s2 = chat(c2)
+    assert s1["id"] != s2["id"]
+    assert s2["organization_id"] == info["org_id"]
+    assert s2["tags"] == ["global-chat", "user:" + info["user_id"]]
+    h = expect(c2.get("/v1/harnesses/platform-chat"), 200).json()
+    assert s2["harness_id"] == h["id"]
+    assert chat(c2)["id"] == s2["id"]
+    assert chat(c1)["id"] == s1["id"]
+
+
+def test_chat_renamed_stays_singleton(fresh_server):
+    """Renaming the chat session keeps it the user's singleton."""
+    srv = fresh_server()
+    c = srv.client()
+    s = chat(c)
+    expect(c.patch("/v1/sessions/" + s["id"], {"title": "renamed"}), 200)
+    again = chat(c)
+    assert again["id"] == s["id"] and again["title"] == "renamed"
+
+
+def test_chat_race_50_first_calls(fresh_server):
+    srv = fresh_server()
+    c = srv.client()
+    n = 50
+    barrier = threading.Barrier(n)
+    results = []
+    lock = threading.Lock()
+
+    def worker():
+        barrier.wait()
+        try:
+            r = c.post("/v1/sessions/chat", timeout=30)
+            res = (r.status_code, r.json().get("id"))
+        except Exception as exc:  # noqa: BLE001 - recorded and asserted below
+            res = ("error", repr(exc))
+        with lock:
+            results.append(res)
+
+    threads = [threading.Thread(target=worker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == n
+    assert all(code == 200 for code, _ in results), results
+    ids = {sid for _, sid in results}
+    assert len(ids) == 1, ids
+    lst = expect(c.get("/v1/sessions", params={"limit": 100}), 200).json()
+    assert lst["total"] == 1, lst
+    assert expect(c.get("/v1/sessions/stats"), 200).json()["total"] == 1
+    # After a restart the same singleton is returned.
+    srv.restart()
+    assert chat(srv.client())["id"] == ids.pop()
+
+
+def test_chat_deleted_then_recreated(fresh_server):
+    srv = fresh_server()
+    c = srv.client()
+    s = chat(c)
+    expect(c.delete("/v1/sessions/" + s["id"]), 204)
+    s2 = chat(c)
+    assert s2["id"] != s["id"]
+    assert chat(c)["id"] == s2["id"]

@@ -1,0 +1,176 @@
+"""Operations endpoints, routing errors, command line."""
+import os
+import re
+import stat
+import subprocess
+import time
+
+import requests
+
+from conftest import LOOPD_BIN, assert_problem, expect, random_key
+
+
+def test_healthz_needs_no_key(server):
+    r = requests.get(server.base + "/healthz", timeout=5)
+    expect(r, 200)
+
+
+def test_readyz_needs_no_key(server):
+    r = requests.get(server.base + "/readyz", timeout=5)
+    expect(r, 200)
+
+
+def test_metrics_prometheus_text(api):
+    # Make sure at least one API request was counted.
+    expect(api.get("/v1/sessions"), 200)
+    r = expect(api.get("/metrics"), 200)
+    assert r.headers["Content-Type"].startswith("text/plain"), r.headers
+    text = r.text
+    assert "loopd_http_requests_total" in text
+    # Every non-comment line is `name{labels} value`.
+    sample = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? -?[0-9.eE+-]+|[+-]Inf|NaN')
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            assert sample.match(line), "bad Prometheus line: %r" % line
+    counted = [l for l in text.splitlines() if l.startswith("loopd_http_requests_total")]
+    assert counted and any(float(l.rsplit(" ", 1)[1]) >= 1 for l in counted), counted
+
+
+def test_metrics_counter_increases(api):
+    def total():
+        text = expect(api.get("/metrics"), 200).text
+        return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                   if l.startswith("loopd_http_requests_total"))
+    before = total()
+    for _ in range(3):
+        expect(api.get("/v1/sessions/stats"), 200)
+    assert total() >= before + 3
+
+
+def test_openapi_document(api):
+    r = expect(api.get("/openapi.json"), 200)
+    assert r.headers["Content-Type"].startswith("application/json"), r.headers
+    doc = r.json()
+    assert str(doc["openapi"]).startswith("3."), doc.get("openapi")
+    paths = doc["paths"]
+    for p in ("/v1/sessions", "/v1/sessions/{session_id}", "/v1/sessions/chat",
+              "/v1/sessions/stats", "/v1/agents", "/v1/harnesses"):
+        assert p in paths, "%s missing from /openapi.json paths: %s" % (p, sorted(paths))
+
+
+def test_openapi_describes_only_served_routes(fresh_server):
+    """Every (path, method) in /openapi.json is routed (never 404-route/405)."""
+    srv = fresh_server()
+    c = srv.client()
+    doc = expect(c.get("/openapi.json"), 200).json()
+    dummy = "0190000000007000800000000000abcd"
+    unrouted = c.get("/v1/definitely-not-a-route-" + dummy)
+    assert_problem(unrouted, 404)
+    unrouted_detail = unrouted.json()["detail"].replace("/v1/definitely-not-a-route-" + dummy, "")
+    checked = 0
+    for path, ops in sorted(doc["paths"].items()):
+        concrete = re.sub(r"\{([a-z_]*)\}", lambda m: {
+            "session_id": "session_" + dummy, "agent_id": "agent_" + dummy,
+            "harness_id": "harness_" + dummy}.get(m.group(1), "x-" + dummy), path)
+        for method in ops:
+            if method.upper() not in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+                continue
+            r = c.request(method.upper(), concrete, data=b"", headers={"Content-Type": "application/json"})
+            assert r.status_code != 405, "%s %s is documented but answers 405" % (method, concrete)
+            if r.status_code == 404:
+                detail = r.json().get("detail", "").replace(concrete, "")
+                assert detail != unrouted_detail, \
+                    "%s %s answers like an unknown route: %r" % (method, concrete, detail)
+            checked += 1
+    assert checked >= 10
+
+
+def test_unknown_route_is_404_problem(api):
+    assert_problem(api.get("/v1/nope"), 404)
+    assert_problem(api.get("/nope"), 404)
+    assert_problem(api.post("/v1/sessions/chat/extra", {}), 404)
+
+
+def test_wrong_method_is_405_with_allow(api):
+    r = api.put("/v1/sessions", {})
+    assert_problem(r, 405)
+    allow = {m.strip().upper() for m in r.headers.get("Allow", "").split(",")}
+    assert {"GET", "POST"} <= allow, r.headers
+
+    sid = api.create_session()["id"]
+    r = api.post("/v1/sessions/" + sid, {})
+    assert_problem(r, 405)
+    allow = {m.strip().upper() for m in r.headers.get("Allow", "").split(",")}
+    assert {"GET", "PATCH", "DELETE"} <= allow, r.headers
+
+    r = api.request("DELETE", "/v1/sessions/stats")
+    assert_problem(r, 405)
+    assert "GET" in r.headers.get("Allow", "").upper()
+
+
+def test_help_and_version():
+    for flag in ("--help", "--version"):
+        res = subprocess.run([LOOPD_BIN, flag], capture_output=True, timeout=10)
+        assert res.returncode == 0, (flag, res)
+        out = (res.stdout + res.stderr).decode()
+        assert out.strip(), flag
+    res = subprocess.run([LOOPD_BIN, "--help"], capture_output=True, timeout=10)
+    text = (res.stdout + res.stderr).decode()
+    for opt in ("--listen", "--data-dir", "--auth", "--max-body"):
+        assert opt in text, "--help does not mention %s" % opt
+
+
+def test_unknown_flag_fails():
+    res = subprocess.run([LOOPD_BIN, "--no-such-flag"], capture_output=True, timeout=10)
+    assert res.returncode != 0
+
+
+def test_admin_key_file(fresh_server):
+    srv = fresh_server()
+    path = os.path.join(srv.data_dir, "admin-key")
+    st = os.stat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
+    with open(path) as fh:
+        assert fh.read().strip() == srv.key
+
+
+def test_restart_keeps_data_and_key(fresh_server):
+    srv = fresh_server()
+    c = srv.client()
+    s = c.create_session({"title": "survives restart", "tags": ["a"]})
+    srv.restart()
+    got = expect(srv.client().get("/v1/sessions/" + s["id"]), 200).json()
+    for k in ("id", "title", "tags", "created_at", "updated_at", "harness_id", "model_id",
+              "workspace_id", "owner_principal_id"):
+        assert got[k] == s[k], k
+
+
+def test_env_variables_configure_listen(tmp_path):
+    """LOOPD_* environment variables work like the flags."""
+    from conftest import free_port
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPD_")}
+    env.update({"LOOPD_LISTEN": "127.0.0.1:%d" % port, "LOOPD_DATA_DIR": str(tmp_path / "envdata"),
+                "LOOPD_BOOTSTRAP_KEY": random_key(), "LOOPD_AUTH": "none"})
+    proc = subprocess.Popen([LOOPD_BIN], env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(str(tmp_path / "env.log"), "wb"))
+    try:
+        deadline = time.monotonic() + 10
+        ok = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if requests.get("http://127.0.0.1:%d/healthz" % port, timeout=1).status_code == 200:
+                    ok = True
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.02)
+        assert ok, open(str(tmp_path / "env.log")).read()[-3000:]
+        # LOOPD_AUTH=none: no key needed.
+        r = requests.get("http://127.0.0.1:%d/v1/sessions" % port, timeout=5)
+        expect(r, 200)
+        assert os.path.exists(str(tmp_path / "envdata"))
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        assert proc.wait(timeout=15) == 0, open(str(tmp_path / "env.log")).read()[-3000:]

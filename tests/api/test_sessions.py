@@ -1,0 +1,574 @@
+"""Session create / get / patch / delete / pin / cancel / stats."""
+import threading
+import uuid
+
+import pytest
+
+from conftest import (DEFAULT_ORG, GENERIC_FEATURES, HARNESS_BASE, HARNESS_CHAT, HARNESS_GENERIC,
+                      SESSION_ID_RE, assert_limit_error, assert_no_nulls, assert_problem, expect,
+                      id_re, parse_ts, validate)
+
+IDENTITY = ("id", "organization_id", "workspace_id", "harness_id", "owner_principal_id",
+            "created_at", "model_id")
+
+
+def check_session(srv, s, status="started"):
+    """Invariants of every session representation."""
+    validate(s, "WithUrls_Session")
+    assert_no_nulls(s)
+    assert SESSION_ID_RE.match(s["id"]), s["id"]
+    hexpart = s["id"][len("session_"):]
+    assert s["workspace_id"] == "wsp_" + hexpart
+    assert id_re("org").match(s["organization_id"])
+    assert id_re("harness").match(s["harness_id"])
+    assert id_re("principal").match(s["owner_principal_id"]), s["owner_principal_id"]
+    assert id_re("model").match(s.get("model_id", "")), "model_id missing or malformed: %r" % s.get("model_id")
+    assert isinstance(s["tags"], list)
+    assert s["status"] == status
+    for ts in ("created_at", "updated_at"):
+        assert s[ts].endswith("Z"), "%s is not UTC with Z: %r" % (ts, s[ts])
+    assert parse_ts(s["updated_at"]) >= parse_ts(s["created_at"])
+    assert s["self_url"] == "%s/v1/sessions/%s" % (srv.base, s["id"])
+    assert s["view_url"] == "%s/sessions/%s/chat" % (srv.base, s["id"])
+    assert s["ui_link"] == s["view_url"]
+    check_actions(srv, s)
+
+
+def check_actions(srv, s):
+    acts = s.get("allowed_actions")
+    assert isinstance(acts, list) and acts, "allowed_actions missing: %r" % s
+    rels = [a["rel"] for a in acts]
+    assert len(rels) == len(set(rels)), rels
+    want = {"self", "events", "stream", "update", "delete",
+            "unpin" if s.get("is_pinned") else "pin"}
+    if s["status"] == "active":
+        want.add("cancel")
+    assert set(rels) == want, "allowed_actions rels %r, expected %r" % (rels, sorted(want))
+    base = "%s/v1/sessions/%s" % (srv.base, s["id"])
+    expected = {"self": ("GET", base), "events": ("GET", base + "/events"),
+                "stream": ("GET", base + "/sse"), "update": ("PATCH", base),
+                "delete": ("DELETE", base), "pin": ("PUT", base + "/pin"),
+                "unpin": ("DELETE", base + "/pin"), "cancel": ("POST", base + "/cancel")}
+    for a in acts:
+        method, href = expected[a["rel"]]
+        assert a.get("method") == method, a
+        assert a.get("href") == href, a
+
+
+# ---------------------------------------------------------------- create
+
+def test_create_empty_object(server, api):
+    r = expect(api.post("/v1/sessions", {}), 201)
+    s = r.json()
+    check_session(server, s)
+    assert s["organization_id"] == DEFAULT_ORG
+    assert s["harness_id"] == HARNESS_GENERIC
+    assert s["tags"] == []
+    assert set(s["features"]) == GENERIC_FEATURES
+    assert len(s["features"]) == len(set(s["features"]))
+    for absent in ("title", "agent_id", "usage", "started_at", "finished_at", "system_prompt",
+                   "locale", "initial_files", "capabilities", "tools"):
+        assert absent not in s, "%s should be omitted when unset: %r" % (absent, s)
+    assert r.headers["Content-Type"].startswith("application/json")
+
+
+def test_create_ids_unique_uuidv7(api):
+    ids = [api.create_session()["id"] for _ in range(5)]
+    assert len(set(ids)) == 5
+    for sid in ids:
+        assert uuid.UUID(sid[len("session_"):]).version == 7, sid
+
+
+@pytest.mark.parametrize("headers,body", [
+    ({"Content-Type": "application/json"}, b""),
+    ({}, b""),
+    ({"Content-Type": "application/json; charset=utf-8"}, b"{}"),
+    ({"Content-Type": "application/json"}, b"  {}  \n"),
+])
+def test_create_empty_or_bare_body(server, api, headers, body):
+    r = api.post("/v1/sessions", data=body, headers=headers)
+    expect(r, 201)
+    check_session(server, r.json())
+
+
+def test_create_ignores_unknown_fields(server, api):
+    r = api.post("/v1/sessions", {"title": "unknown fields", "no_such_field": {"x": [1, 2]},
+                                  "parent_session_id": "session_0123456789abcdef0123456789abcdef",
+                                  "seed": 42, "id": "session_0123456789abcdef0123456789abcdef",
+                                  "status": "idle", "organization_id": "org_0123456789abcdef0123456789abcdef"})
+    expect(r, 201)
+    s = r.json()
+    check_session(server, s)
+    assert s["title"] == "unknown fields"
+    assert "no_such_field" not in s and "parent_session_id" not in s and "seed" not in s
+    assert s["id"] != "session_0123456789abcdef0123456789abcdef"
+    assert s["organization_id"] == DEFAULT_ORG
+    assert s["status"] == "started"
+
+
+def test_create_roundtrip_fields(server, api):
+    body = {
+        "harness_name": "generic",
+        "title": "Debug login issue",
+        "tags": ["debugging", "urgent", "ünïcødé ✓"],
+        "locale": "uk-UA",
+        "system_prompt": "Be terse.\nReally.",
+        "hints": {"rich_media": True, "nested": {"a": [1, 2.5, "x", None]}},
+        "network_access": {"allowed": ["example.com", "*.example.org"], "blocked": ["evil.test"]},
+        "max_iterations": 7,
+        "parallel_tool_calls": False,
+        "initial_files": [{"path": "/workspace/notes.md", "content": "hello", "encoding": "text",
+                           "is_readonly": True}],
+        "source": "chat",
+    }
+    s = expect(api.post("/v1/sessions", body), 201).json()
+    check_session(server, s)
+    assert s["harness_id"] == HARNESS_GENERIC
+    for k in ("title", "tags", "locale", "system_prompt", "hints", "network_access",
+              "max_iterations", "parallel_tool_calls", "source"):
+        assert s[k] == body[k], (k, s.get(k))
+    assert len(s["initial_files"]) == 1
+    f = s["initial_files"][0]
+    assert f["content"] == "hello" and f["is_readonly"] is True
+    assert f["path"] in ("/workspace/notes.md", "notes.md", "/notes.md"), f
+    got = expect(api.get("/v1/sessions/" + s["id"]), 200).json()
+    for k in body:
+        if k != "harness_name":
+            assert got[k] == s[k], k
+
+
+def test_create_roundtrip_tools(server, api):
+    tool = {"type": "client_side", "name": "get_weather", "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}}
+    s = expect(api.post("/v1/sessions", {"tools": [tool]}), 201).json()
+    check_session(server, s)
+    assert len(s["tools"]) == 1
+    for k, v in tool.items():
+        assert s["tools"][0][k] == v, k
+    got = expect(api.get("/v1/sessions/" + s["id"]), 200).json()
+    assert got["tools"] == s["tools"]
+
+
+def test_create_source_default_and_values(api):
+    s = api.create_session()
+    assert s.get("source", "api") == "api"
+    assert api.create_session({"source": "api"}).get("source") == "api"
+    assert_problem(api.post("/v1/sessions", {"source": "slack"}), 400, detail_contains="source")
+    assert_problem(api.post("/v1/sessions", {"source": "CHAT"}), 400, detail_contains="source")
+
+
+def test_create_locale_normalized(api):
+    s = api.create_session({"locale": "uk_UA"})
+    assert s["locale"] == "uk-UA"
+    assert_problem(api.post("/v1/sessions", {"locale": "x" * 65}), 400)
+
+
+def test_create_with_harness_by_id_and_name(server, api):
+    s = api.create_session({"harness_id": HARNESS_CHAT})
+    assert s["harness_id"] == HARNESS_CHAT
+    s = api.create_session({"harness_name": "platform-chat"})
+    assert s["harness_id"] == HARNESS_CHAT
+    s = api.create_session({"harness_name": "base"})
+    check_session(server, s)
+    assert s["harness_id"] == HARNESS_BASE
+    assert "features" not in s, s
+    s = api.create_session({"harness_id": HARNESS_GENERIC, "title": "g"})
+    assert set(s["features"]) == GENERIC_FEATURES
+
+
+def test_create_harness_conflicts_and_unknowns(api):
+    assert_problem(api.post("/v1/sessions", {"harness_id": HARNESS_GENERIC, "harness_name": "generic"}),
+                   400, detail_contains=("harness_id", "harness_name"))
+    assert_problem(api.post("/v1/sessions", {"harness_name": "no-such-harness"}), 404)
+    assert_problem(api.post("/v1/sessions", {"harness_id": "harness_0123456789abcdef0123456789abcdef"}), 404)
+    assert_problem(api.post("/v1/sessions", {"harness_id": "harness_XYZ"}), 400)
+    assert_problem(api.post("/v1/sessions", {"harness_name": "Not A Slug"}), 400)
+
+
+def test_create_agent_conflicts_and_unknowns(api):
+    assert_problem(api.post("/v1/sessions", {"agent_id": "agent_0123456789abcdef0123456789abcdef",
+                                             "agent_name": "x"}), 400,
+                   detail_contains=("agent_id", "agent_name"))
+    assert_problem(api.post("/v1/sessions", {"agent_id": "agent_0123456789abcdef0123456789abcdef"}), 404)
+    assert_problem(api.post("/v1/sessions", {"agent_name": "no-such-agent"}), 404)
+    assert_problem(api.post("/v1/sessions", {"agent_id": "agent_nothex"}), 400)
+
+
+def test_create_model(api):
+    s = api.create_session()
+    model = s["model_id"]
+    s2 = api.create_session({"model_id": model})
+    assert s2["model_id"] == model
+    assert_problem(api.post("/v1/sessions", {"model_id": "model_0123456789abcdef0123456789abcdef"}), 404)
+    assert_problem(api.post("/v1/sessions", {"model_id": "model_bad"}), 400)
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"title": "t" * 256}, "title"),
+    ({"tags": ["t%d" % i for i in range(101)]}, "tags"),
+    ({"tags": ["x" * 256]}, "tags"),
+    ({"initial_files": [{"path": "/workspace/f%d.txt" % i, "content": "x"} for i in range(101)]},
+     "initial_files"),
+])
+def test_create_limits(api, body, field):
+    assert_limit_error(api.post("/v1/sessions", body), field)
+
+
+def test_create_at_limits_ok(api):
+    s = api.create_session({"title": "t" * 255, "tags": ["x" * 255] + ["t%d" % i for i in range(99)],
+                            "initial_files": [{"path": "/workspace/f%d.txt" % i, "content": "x"}
+                                              for i in range(100)]})
+    assert len(s["title"]) == 255 and len(s["tags"]) == 100
+    assert len(s["initial_files"]) == 100
+    # Multi-byte characters: 255 characters of a 3-byte character.
+    s = api.create_session({"title": "€" * 255})
+    assert s["title"] == "€" * 255
+
+
+@pytest.mark.parametrize("tag", ["__internal:x", "app:foo", "app_channel:1", "slack:app:2", "ag_ui:app:3"])
+def test_create_reserved_tags(api, tag):
+    assert_problem(api.post("/v1/sessions", {"tags": ["ok", tag]}), 400)
+
+
+def test_create_bad_initial_files(api):
+    for files in ([{"path": "/workspace/../etc/passwd", "content": "x"}],
+                  [{"path": "/workspace", "content": "x"}],
+                  [{"path": "/workspace/a", "content": "x", "encoding": "rot13"}],
+                  [{"path": "/workspace/a", "content": "x"}, {"path": "/workspace/a", "content": "y"}],
+                  [{"content": "x"}]):
+        assert_problem(api.post("/v1/sessions", {"initial_files": files}), 400)
+
+
+def test_system_prompt_limit(fresh_server):
+    srv = fresh_server(["--max-body", str(3 * 1024 * 1024)])
+    c = srv.client()
+    mib = 1024 * 1024
+    s = c.create_session({"system_prompt": "p" * mib})
+    assert len(s["system_prompt"]) == mib
+    assert_limit_error(c.post("/v1/sessions", {"system_prompt": "p" * (mib + 1)}), "system_prompt")
+
+
+def test_max_body_flag(fresh_server):
+    srv = fresh_server(["--max-body", "2000"])
+    c = srv.client()
+    expect(c.post("/v1/sessions", {"title": "x" * 100}), 201)
+    assert_problem(c.post("/v1/sessions", {"title": "x" * 2500}), 413)
+    stats = expect(c.get("/v1/sessions/stats"), 200).json()
+    assert stats["total"] == 1
+
+
+# ---------------------------------------------------------------- get
+
+def test_get_matches_create(server, api):
+    s = api.create_session({"title": "get me", "tags": ["a", "b"]})
+    r = expect(api.get("/v1/sessions/" + s["id"]), 200)
+    got = r.json()
+    check_session(server, got)
+    a = {k: v for k, v in s.items() if k != "is_pinned"}
+    b = {k: v for k, v in got.items() if k != "is_pinned"}
+    assert a == b
+    assert got.get("is_pinned", False) is False
+
+
+def test_get_etag_and_if_none_match(api):
+    s = api.create_session({"title": "etag"})
+    path = "/v1/sessions/" + s["id"]
+    r = expect(api.get(path), 200)
+    etag = r.headers.get("ETag")
+    assert etag and etag.strip('W/').startswith('"') and etag.endswith('"'), r.headers
+    r2 = api.get(path, headers={"If-None-Match": etag})
+    expect(r2, 304)
+    assert r2.content == b""
+    assert r2.headers.get("ETag") == etag
+    expect(api.get(path, headers={"If-None-Match": '"something-else"'}), 200)
+    # Repeated GETs give the same ETag; a change gives a new one.
+    assert expect(api.get(path), 200).headers["ETag"] == etag
+    expect(api.patch(path, {"title": "etag 2"}), 200)
+    r3 = expect(api.get(path, headers={"If-None-Match": etag}), 200)
+    assert r3.json()["title"] == "etag 2"
+    assert r3.headers["ETag"] != etag
+
+
+def test_get_bad_and_unknown_ids(api):
+    for bad in ("not-a-session-id", "session_0123456789ABCDEF0123456789ABCDEF",
+                "session_0123456789abcdef0123456789abcde", "session_0123456789abcdef0123456789abcdef0",
+                "agent_0123456789abcdef0123456789abcdef", "session_0123456789abcdef0123456789abcdeg",
+                "session-0123456789abcdef0123456789abcdef"):
+        assert_problem(api.get("/v1/sessions/" + bad), 400, detail_startswith="Invalid session ID: ")
+    assert_problem(api.get("/v1/sessions/session_0123456789abcdef0123456789abcdef"), 404)
+
+
+# ---------------------------------------------------------------- patch
+
+def test_patch_title_only(server, api):
+    s = api.create_session({"title": "before", "tags": ["keep"], "locale": "en-US"})
+    r = expect(api.patch("/v1/sessions/" + s["id"], {"title": "after"}), 200)
+    p = r.json()
+    check_session(server, p)
+    assert p["title"] == "after"
+    assert p["tags"] == ["keep"] and p["locale"] == "en-US"
+    for k in IDENTITY:
+        assert p[k] == s[k], k
+    assert parse_ts(p["updated_at"]) > parse_ts(s["updated_at"])
+    got = expect(api.get("/v1/sessions/" + s["id"]), 200).json()
+    assert got["title"] == "after" and got["updated_at"] == p["updated_at"]
+
+
+def test_patch_tags_replace_and_locale(api):
+    s = api.create_session({"title": "t", "tags": ["a", "b"]})
+    p = expect(api.patch("/v1/sessions/" + s["id"], {"tags": ["c"]}), 200).json()
+    assert p["tags"] == ["c"] and p["title"] == "t"
+    p2 = expect(api.patch("/v1/sessions/" + s["id"], {"tags": []}), 200).json()
+    assert p2["tags"] == []
+    assert parse_ts(p2["updated_at"]) > parse_ts(p["updated_at"])
+    p3 = expect(api.patch("/v1/sessions/" + s["id"], {"locale": "uk_UA"}), 200).json()
+    assert p3["locale"] == "uk-UA"
+    assert parse_ts(p3["updated_at"]) > parse_ts(p2["updated_at"])
+
+
+def test_patch_nulls_leave_fields_unchanged(api):
+    s = api.create_session({"title": "stay", "tags": ["x"], "locale": "en-US"})
+    p = expect(api.patch("/v1/sessions/" + s["id"], {"title": None, "tags": None, "locale": None}), 200).json()
+    assert p["title"] == "stay" and p["tags"] == ["x"] and p["locale"] == "en-US"
+
+
+def test_patch_cannot_change_identity_or_status(api):
+    s = api.create_session({"title": "id"})
+    body = {"title": "id2", "id": "session_0123456789abcdef0123456789abcdef",
+            "organization_id": "org_0123456789abcdef0123456789abcdef",
+            "workspace_id": "wsp_0123456789abcdef0123456789abcdef", "harness_id": HARNESS_BASE,
+            "agent_id": "agent_0123456789abcdef0123456789abcdef",
+            "owner_principal_id": "principal_0123456789abcdef0123456789abcdef",
+            "created_at": "2000-01-01T00:00:00Z", "model_id": "model_0123456789abcdef0123456789abcdef",
+            "status": "idle", "updated_at": "2000-01-01T00:00:00Z"}
+    p = expect(api.patch("/v1/sessions/" + s["id"], body), 200).json()
+    assert p["title"] == "id2"
+    for k in IDENTITY:
+        assert p[k] == s[k], k
+    assert "agent_id" not in p
+    assert p["status"] == "started"
+    assert parse_ts(p["updated_at"]) > parse_ts(s["updated_at"])
+
+
+def test_patch_updated_at_strictly_increases(api):
+    s = api.create_session()
+    last = parse_ts(s["updated_at"])
+    for i in range(5):
+        p = expect(api.patch("/v1/sessions/" + s["id"], {"title": "n%d" % i}), 200).json()
+        now = parse_ts(p["updated_at"])
+        assert now > last, (p["updated_at"], last)
+        last = now
+
+
+def test_patch_if_match(api):
+    s = api.create_session({"title": "v1"})
+    path = "/v1/sessions/" + s["id"]
+    etag = expect(api.get(path), 200).headers["ETag"]
+    # Two editors read the same version; the first wins, the second gets 412.
+    r1 = expect(api.patch(path, {"title": "editor one"}, headers={"If-Match": etag}), 200)
+    assert r1.json()["title"] == "editor one"
+    new_etag = r1.headers.get("ETag") or expect(api.get(path), 200).headers["ETag"]
+    assert new_etag != etag
+    assert_problem(api.patch(path, {"title": "editor two"}, headers={"If-Match": etag}), 412)
+    assert expect(api.get(path), 200).json()["title"] == "editor one"
+    r3 = expect(api.patch(path, {"title": "editor two"}, headers={"If-Match": new_etag}), 200)
+    assert r3.json()["title"] == "editor two"
+    assert_problem(api.patch(path, {"title": "x"}, headers={"If-Match": '"bogus"'}), 412)
+    assert expect(api.get(path), 200).json()["title"] == "editor two"
+
+
+def test_patch_concurrent_if_match_only_one_wins(api):
+    s = api.create_session({"title": "race"})
+    path = "/v1/sessions/" + s["id"]
+    etag = expect(api.get(path), 200).headers["ETag"]
+    barrier = threading.Barrier(10)
+    codes = []
+    lock = threading.Lock()
+
+    def worker(i):
+        barrier.wait()
+        r = api.patch(path, {"title": "writer %d" % i}, headers={"If-Match": etag})
+        with lock:
+            codes.append((r.status_code, r.json().get("title")))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    ok = [c for c in codes if c[0] == 200]
+    assert len(codes) == 10 and len(ok) == 1, codes
+    assert all(c[0] == 412 for c in codes if c[0] != 200), codes
+    assert expect(api.get(path), 200).json()["title"] == ok[0][1]
+
+
+def test_patch_errors(api):
+    assert_problem(api.patch("/v1/sessions/session_0123456789abcdef0123456789abcdef", {"title": "x"}), 404)
+    assert_problem(api.patch("/v1/sessions/bad-id", {"title": "x"}), 400, detail_startswith="Invalid session ID: ")
+    s = api.create_session({"title": "p"})
+    assert_limit_error(api.patch("/v1/sessions/" + s["id"], {"title": "t" * 256}), "title")
+    assert_limit_error(api.patch("/v1/sessions/" + s["id"], {"tags": ["t%d" % i for i in range(101)]}), "tags")
+    assert_problem(api.patch("/v1/sessions/" + s["id"], {"tags": ["app:x"]}), 400)
+    assert_problem(api.patch("/v1/sessions/" + s["id"], {"locale": "x" * 65}), 400)
+    got = expect(api.get("/v1/sessions/" + s["id"]), 200).json()
+    assert got["title"] == "p" and got["tags"] == [] and got["updated_at"] == s["updated_at"]
+
+
+def test_patch_empty_body_ok(api):
+    s = api.create_session({"title": "e"})
+    for data in (b"{}", b""):
+        r = api.patch("/v1/sessions/" + s["id"], data=data, headers={"Content-Type": "application/json"})
+        expect(r, 200)
+        assert r.json()["title"] == "e"
+
+
+# ---------------------------------------------------------------- delete
+
+def test_delete(api):
+    s = api.create_session({"title": "doomed"})
+    path = "/v1/sessions/" + s["id"]
+    r = expect(api.delete(path), 204)
+    assert r.content == b""
+    assert_problem(api.get(path), 404)
+    assert_problem(api.delete(path), 404)
+    assert_problem(api.patch(path, {"title": "x"}), 404)
+    assert_problem(api.put(path + "/pin"), 404)
+    lst = expect(api.get("/v1/sessions", params={"search": "doomed"}), 200).json()
+    assert s["id"] not in [x["id"] for x in lst["data"]]
+    assert_problem(api.delete("/v1/sessions/bad"), 400, detail_startswith="Invalid session ID: ")
+
+
+def test_delete_with_json_content_type(api):
+    s = api.create_session()
+    expect(api.delete("/v1/sessions/" + s["id"], headers={"Content-Type": "application/json"}), 204)
+
+
+# ---------------------------------------------------------------- pin
+
+def test_pin_unpin(server, api):
+    s = api.create_session({"title": "pin me"})
+    path = "/v1/sessions/" + s["id"]
+    r = expect(api.put(path + "/pin"), 204)
+    assert r.content == b""
+    got = expect(api.get(path), 200).json()
+    assert got["is_pinned"] is True
+    check_session(server, got)
+    expect(api.put(path + "/pin", headers={"Content-Type": "application/json"}), 204)  # idempotent
+    lst = expect(api.get("/v1/sessions", params={"search": "pin me"}), 200).json()
+    assert [x for x in lst["data"] if x["id"] == s["id"]][0]["is_pinned"] is True
+    expect(api.delete(path + "/pin"), 204)
+    got = expect(api.get(path), 200).json()
+    assert got["is_pinned"] is False
+    check_session(server, got)
+    expect(api.delete(path + "/pin"), 204)  # idempotent
+    assert_problem(api.put("/v1/sessions/session_0123456789abcdef0123456789abcdef/pin"), 404)
+    assert_problem(api.put("/v1/sessions/nope/pin"), 400, detail_startswith="Invalid session ID: ")
+
+
+def test_pin_only_affects_that_session(api):
+    a = api.create_session({"title": "pin a"})
+    b = api.create_session({"title": "pin b"})
+    expect(api.put("/v1/sessions/%s/pin" % a["id"]), 204)
+    assert expect(api.get("/v1/sessions/" + b["id"]), 200).json()["is_pinned"] is False
+
+
+# ---------------------------------------------------------------- cancel
+
+@pytest.mark.parametrize("headers,data", [({}, None), ({"Content-Type": "application/json"}, b""),
+                                          ({"Content-Type": "application/json"}, b"{}")])
+def test_cancel_idle_session_is_no_op(api, headers, data):
+    s = api.create_session()
+    r = expect(api.post("/v1/sessions/%s/cancel" % s["id"], data=data, headers=headers), 200)
+    body = r.json()
+    validate(body, "CancelTurnResponse")
+    assert body["status"] == "no_op"
+    assert body["message"]
+    got = expect(api.get("/v1/sessions/" + s["id"]), 200).json()
+    assert got["status"] == "started"
+
+
+def test_cancel_errors(api):
+    assert_problem(api.post("/v1/sessions/session_0123456789abcdef0123456789abcdef/cancel"), 404)
+    assert_problem(api.post("/v1/sessions/xyz/cancel"), 400, detail_startswith="Invalid session ID: ")
+
+
+# ---------------------------------------------------------------- stats
+
+def test_stats_counts(fresh_server):
+    srv = fresh_server()
+    c = srv.client()
+    st = expect(c.get("/v1/sessions/stats"), 200).json()
+    validate(st, "SessionStatsResponse")
+    assert st == {"total": 0, "active": 0, "idle": 0, "started": 0, "waiting_for_tool_results": 0}
+    ids = [c.create_session()["id"] for _ in range(3)]
+    st = expect(c.get("/v1/sessions/stats"), 200).json()
+    assert st["total"] == 3 and st["started"] == 3 and st["active"] == 0 and st["idle"] == 0
+    expect(c.delete("/v1/sessions/" + ids[0]), 204)
+    st = expect(c.get("/v1/sessions/stats"), 200).json()
+    validate(st, "SessionStatsResponse")
+    assert st["total"] == 2 and st["started"] == 2
+    # Another org's sessions are not counted.
+    o = srv.new_org()
+    c2 = srv.client(key=o["key"])
+    c2.create_session()
+    assert expect(c.get("/v1/sessions/stats"), 200).json()["total"] == 2
+    assert expect(c2.get("/v1/sessions/stats"), 200).json()["total"] == 1
+
+
+# ---------------------------------------------------------------- idempotency
+
+def test_idempotency_key_sessions(api):
+    key = "idem-" + uuid.uuid4().hex
+    title = "idem " + key
+    r1 = expect(api.post("/v1/sessions", {"title": title}, headers={"Idempotency-Key": key}), 201)
+    assert r1.headers.get("Idempotent-Replayed", "false").lower() != "true"
+    r2 = expect(api.post("/v1/sessions", {"title": title}, headers={"Idempotency-Key": key}), 201)
+    assert r2.headers.get("Idempotent-Replayed") == "true", r2.headers
+    assert r2.json() == r1.json()
+    lst = expect(api.get("/v1/sessions", params={"search": title}), 200).json()
+    assert lst["total"] == 1
+    r3 = api.post("/v1/sessions", {"title": title + " other"}, headers={"Idempotency-Key": key})
+    assert_problem(r3, 422)
+    assert expect(api.get("/v1/sessions", params={"search": title}), 200).json()["total"] == 1
+    # Another key creates another session.
+    r4 = expect(api.post("/v1/sessions", {"title": title}, headers={"Idempotency-Key": key + "-2"}), 201)
+    assert r4.json()["id"] != r1.json()["id"]
+    # Without the header, every POST creates.
+    expect(api.post("/v1/sessions", {"title": title}), 201)
+    assert expect(api.get("/v1/sessions", params={"search": title}), 200).json()["total"] == 3
+
+
+def test_idempotency_key_is_per_org(api, org2):
+    key = "idem-org-" + uuid.uuid4().hex
+    r1 = expect(api.post("/v1/sessions", {"title": "k"}, headers={"Idempotency-Key": key}), 201)
+    r2 = expect(org2["client"].post("/v1/sessions", {"title": "k"}, headers={"Idempotency-Key": key}), 201)
+    assert r2.json()["id"] != r1.json()["id"]
+    assert r2.json()["organization_id"] == org2["org_id"]
+    assert r2.headers.get("Idempotent-Replayed", "false").lower() != "true"
+
+
+def test_idempotency_concurrent_same_key(api):
+    key = "idem-race-" + uuid.uuid4().hex
+    title = "race " + key
+    barrier = threading.Barrier(8)
+    out = []
+    lock = threading.Lock()
+
+    def worker():
+        barrier.wait()
+        r = api.post("/v1/sessions", {"title": title}, headers={"Idempotency-Key": key})
+        with lock:
+            out.append((r.status_code, r.json().get("id")))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(out) == 8
+    created = {sid for code, sid in out if code == 201}
+    assert len(created) == 1, out
+    # Losers either replay (201, same id) or are told to retry (409); never 5xx.
+    assert all(code in (201, 409) for code, _ in out), out
+    assert expect(api.get("/v1/sessions", params={"search": title}), 200).json()["total"] == 1
