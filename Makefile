@@ -65,19 +65,18 @@ deps:
 
 run: deps
 	@$(MAKE) --no-print-directory all
-	@scripts/run-banner $(LISTEN) $(DATA)
-	exec build/loopd --listen $(LISTEN) --data-dir $(DATA)
+	@scripts/run-banner $(LISTEN) $(DATA) & exec build/loopd --listen $(LISTEN) --data-dir $(DATA)
 
 unit: $(UNIT_BINS)
 	@scripts/run-units $(UNIT_BINS)
 
 api: build/loopd
-	$(PY) -m pytest -q tests/api
+	$(PY) -m pytest -q tests/api tests/durability
 
 api-asan: build/asan/loopd
 	LOOPD_BIN=build/asan/loopd ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	$(PY) -m pytest -q tests/api
+	$(PY) -m pytest -q tests/api tests/durability
 
 test: deps
 	@$(MAKE) --no-print-directory all check-format

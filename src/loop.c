@@ -30,6 +30,8 @@ struct loop {
     int nticks;
     loop_timeout_fn tfn;
     void *tud;
+    loop_tick_fn after;
+    void *aud;
     int64_t next_tick;
 };
 
@@ -85,6 +87,12 @@ void loop_on_timeout(struct loop *l, loop_timeout_fn fn, void *ud)
     l->tud = ud;
 }
 
+void loop_after_poll(struct loop *l, loop_tick_fn fn, void *ud)
+{
+    l->after = fn;
+    l->aud = ud;
+}
+
 void loop_run_once(struct loop *l, long max_ms)
 {
     int64_t now = time_mono_us();
@@ -101,6 +109,7 @@ void loop_run_once(struct loop *l, long max_ms)
         struct watch *w = &l->w[evs[i].data.u32];
         if (w->fn) w->fn(w->ud, evs[i].events);
     }
+    if (l->after) l->after(l->aud);
     now = time_mono_us();
     if (now >= l->next_tick) {
         l->next_tick = now + LOOP_TICK_MS * 1000;

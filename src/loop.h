@@ -21,6 +21,8 @@ int loop_add_fd(struct loop *l, int fd, uint32_t events, loop_fd_fn fn, void *ud
 void loop_del_fd(struct loop *l, int fd);
 void loop_on_tick(struct loop *l, loop_tick_fn fn, void *ud);
 void loop_on_timeout(struct loop *l, loop_timeout_fn fn, void *ud);
+/* Runs after every wait, whatever fired. */
+void loop_after_poll(struct loop *l, loop_tick_fn fn, void *ud);
 /* Runs one iteration: waits at most max_ms, dispatches. */
 void loop_run_once(struct loop *l, long max_ms);
 

@@ -178,6 +178,15 @@ int main(int argc, char **argv)
     }
     log_setup(cfg.log_level, cfg.log_json);
     signal(SIGPIPE, SIG_IGN);
+    /* block the stop signals before any thread starts, so that every thread
+     * inherits the mask and they arrive only through the loop's signalfd */
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+
     if (make_dir(cfg.data_dir)) {
         fprintf(stderr, "loopd: cannot create data dir %s: %s\n", cfg.data_dir, strerror(errno));
         return 1;
@@ -207,12 +216,6 @@ int main(int argc, char **argv)
     }
     store_idem_expire(st, time_now_us() - (int64_t)24 * 3600 * 1000000);
 
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigprocmask(SIG_BLOCK, &mask, NULL);
-    int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
 
     struct loop *l = loop_new();
     struct server *srv = server_start(&cfg, st, l, err, sizeof(err));

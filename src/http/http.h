@@ -34,7 +34,6 @@ struct req {
     int64_t t0; /* monotonic µs at the first byte we saw */
     struct buf body;
     int body_too_large;
-    int early_err; /* ld_err decided before dispatch (413/431) */
     int dispatched, suspended;
     int route; /* index in the route table, -1 none */
     const char *params[REQ_MAX_PARAMS];

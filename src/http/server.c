@@ -42,7 +42,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-enum conn_state { CS_IDLE, CS_BODY, CS_BUSY };
+enum conn_state {
+    CS_NEW,  /* accepted, no request yet: deadline = accept + request timeout */
+    CS_IDLE, /* keep-alive between requests: + idle timeout */
+    CS_BODY, /* headers in, body arriving */
+    CS_BUSY  /* being answered; no receive deadline */
+};
 
 struct conn_track {
     struct conn_track *prev, *next;
@@ -77,6 +82,8 @@ struct server {
     uint64_t lat_count;
     double lat_sum;
 };
+
+static void raw_problem(int fd, enum ld_err e, const char *detail);
 
 static int64_t now_us(void)
 {
@@ -423,12 +430,6 @@ static void dispatch(struct req *r)
         return;
     }
     r->route = ri;
-    if (r->early_err) {
-        if (r->early_err == LD_E_TOO_LARGE)
-            reply_problem(r, LD_E_TOO_LARGE, "Request body exceeds the limit of %ld bytes",
-                          r->cfg->max_body);
-        return;
-    }
     if (!routes[ri].public_) {
         extern int auth_resolve(struct req * r);
         if (auth_resolve(r)) return; /* answered 401/404 */
@@ -490,9 +491,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
     }
     if (*upload_data_size) {
         if (!r->body_too_large && buf_add(&r->body, upload_data, *upload_data_size)) {
-            r->body_too_large = 1;
-            r->early_err = LD_E_TOO_LARGE;
-            buf_free(&r->body);
+            /* a chunked body past the cap: MHD 0.9 cannot queue a response
+             * mid-upload, so answer on the socket and close */
+            char d[96];
+            snprintf(d, sizeof(d), "Request body exceeds the limit of %ld bytes",
+                     s->cfg->max_body);
+            struct conn_track *ct = r->ct;
+            if (ct) {
+                raw_problem(ct->fd, LD_E_TOO_LARGE, d);
+                ct->timed_out = 1;
+            }
+            r->status = 413;
+            return MHD_NO;
         }
         *upload_data_size = 0;
         return MHD_YES;
@@ -528,7 +538,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     struct req *r = *con_cls;
     if (!r) return;
     *con_cls = NULL;
-    if (!r->resp) r->status = 499; /* client went away or deadline */
+    if (!r->resp && !r->status) r->status = 499; /* client went away, or deadline */
     count_request(s, r);
     log_request(s, r);
     if (r->resp) MHD_destroy_response(r->resp);
@@ -552,8 +562,8 @@ static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_co
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
         ct->fd = ci ? ci->connect_fd : -1;
-        ct->state = CS_IDLE;
-        ct->deadline = now_us() + (s->cfg->idle_timeout + s->cfg->request_timeout) * 1000000;
+        ct->state = CS_NEW;
+        ct->deadline = now_us() + s->cfg->request_timeout * 1000000;
         ct->next = s->conns.next;
         ct->prev = &s->conns;
         s->conns.next->prev = ct;
@@ -571,6 +581,28 @@ static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_co
     }
 }
 
+/*
+ * Writes a complete problem response straight to the socket.  Only for a
+ * connection on which MHD has sent nothing of a response (it is still
+ * receiving the request), just before the connection is closed.
+ */
+static void raw_problem(int fd, enum ld_err e, const char *detail)
+{
+    struct buf b, h;
+    buf_init(&b, 2048);
+    buf_init(&h, 4096);
+    problem_body(&b, e, detail, NULL);
+    buf_printf(&h,
+               "HTTP/1.1 %d %s\r\nContent-Type: application/problem+json\r\n"
+               "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+               ld_err_status(e), ld_err_title(e), b.len);
+    buf_add(&h, b.data, b.len);
+    ssize_t w = send(fd, h.data, h.len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    (void)w;
+    buf_free(&b);
+    buf_free(&h);
+}
+
 /* The tick: cut off connections past their receive deadline with a 408. */
 static void sweep(void *ud)
 {
@@ -579,22 +611,8 @@ static void sweep(void *ud)
     for (struct conn_track *ct = s->conns.next; ct != &s->conns; ct = ct->next) {
         if (!ct->deadline || now < ct->deadline || ct->timed_out || ct->fd < 0) continue;
         ct->timed_out = 1;
-        if (ct->state == CS_BODY) {
-            struct buf b, h;
-            buf_init(&b, 2048);
-            buf_init(&h, 4096);
-            problem_body(&b, LD_E_TIMEOUT, "The request was not received within the deadline",
-                         NULL);
-            buf_printf(&h,
-                       "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/problem+json\r\n"
-                       "Content-Length: %zu\r\nConnection: close\r\n\r\n",
-                       b.len);
-            buf_add(&h, b.data, b.len);
-            ssize_t w = send(ct->fd, h.data, h.len, MSG_DONTWAIT | MSG_NOSIGNAL);
-            (void)w;
-            buf_free(&b);
-            buf_free(&h);
-        }
+        if (ct->state == CS_BODY || ct->state == CS_NEW)
+            raw_problem(ct->fd, LD_E_TIMEOUT, "The request was not received within the deadline");
         shutdown(ct->fd, SHUT_RDWR);
     }
 }
@@ -618,6 +636,16 @@ static long mhd_timeout(void *ud)
     MHD_UNSIGNED_LONG_LONG t;
     if (MHD_get_timeout(s->d, &t) == MHD_YES) return (long)t;
     return -1;
+}
+
+/* After each wait: MHD keeps connections with buffered work on an internal
+ * ready list (its epoll is edge-triggered), and says so with a timeout of
+ * 0; such work must be run now, or a large upload stalls. */
+static void after_poll(void *ud)
+{
+    struct server *s = ud;
+    MHD_UNSIGNED_LONG_LONG t;
+    if (MHD_get_timeout(s->d, &t) == MHD_YES && t == 0) MHD_run(s->d);
 }
 
 static int parse_listen(const char *listen, struct sockaddr_in *sa, char *err, size_t errlen)
@@ -692,6 +720,7 @@ struct server *server_start(const struct config *cfg, struct store *st, struct l
     loop_add_fd(l, store_notify_fd(st), EPOLLIN, on_store, s);
     loop_on_tick(l, sweep, s);
     loop_on_timeout(l, mhd_timeout, s);
+    loop_after_poll(l, after_poll, s);
     return s;
 }
 

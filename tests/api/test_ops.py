@@ -36,6 +36,22 @@ def test_metrics_prometheus_text(api):
     assert counted and any(float(l.rsplit(" ", 1)[1]) >= 1 for l in counted), counted
 
 
+def test_metrics_cover_routes_latency_commits_connections(api):
+    """Requests by route and status, a latency histogram, commit batch
+    sizes and open connections (issue item 10)."""
+    api.create_session()
+    text = expect(api.get("/metrics"), 200).text
+    lines = text.splitlines()
+    created = [l for l in lines if l.startswith("loopd_http_requests_total{")
+               and 'status="201"' in l and "route=" in l]
+    assert created, "no per-route/status counter for a 201: %s" % text[:2000]
+    hist = [l.split()[2] for l in lines if l.startswith("# TYPE") and l.endswith(" histogram")]
+    assert any("duration" in h or "latency" in h for h in hist), hist
+    assert any("batch" in h for h in hist), hist
+    gauges = [l.split()[2] for l in lines if l.startswith("# TYPE") and l.endswith(" gauge")]
+    assert any("connections" in g for g in gauges), gauges
+
+
 def test_metrics_counter_increases(api):
     def total():
         text = expect(api.get("/metrics"), 200).text
