@@ -216,7 +216,6 @@ int main(int argc, char **argv)
     }
     store_idem_expire(st, time_now_us() - (int64_t)24 * 3600 * 1000000);
 
-
     struct loop *l = loop_new();
     struct server *srv = server_start(&cfg, st, l, err, sizeof(err));
     if (!srv) {

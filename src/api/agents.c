@@ -209,14 +209,14 @@ void h_agents_list(struct req *r)
     struct jw w;
     jw_init(&w, &b);
     jw_obj(&w);
-    const char *keys[2] = {"data", "agents"};
-    for (int k = 0; k < 2; k++) {
-        jw_key(&w, keys[k]);
-        jw_arr(&w);
-        for (int i = 0; i < n; i++)
-            render_agent(r, &w, &rows[i], 0);
-        jw_end(&w);
-    }
+    jw_key(&w, "data");
+    size_t start = b.len;
+    jw_arr(&w);
+    for (int i = 0; i < n; i++)
+        render_agent(r, &w, &rows[i], 1);
+    jw_end(&w);
+    /* `agents` is the array the TS SDK reads */
+    jw_kraw(&w, "agents", arena_strndup(&r->arena, b.data ? b.data + start : "", b.len - start));
     jw_ki64(&w, "total", total);
     jw_ki64(&w, "offset", offset);
     jw_ki64(&w, "limit", limit);

@@ -19,6 +19,8 @@
 json_t *body_object(struct req *r, int allow_empty);
 
 int field_str(struct req *r, json_t *o, const char *key, size_t maxlen, const char **out);
+/* like field_str, but the limit counts characters (UTF-8 code points) */
+int field_text(struct req *r, json_t *o, const char *key, size_t maxchars, const char **out);
 int field_bool(struct req *r, json_t *o, const char *key, int *out);
 int field_int(struct req *r, json_t *o, const char *key, int64_t min, int64_t max, int64_t *out);
 /* tags: array of strings, checked against the limits and reserved prefixes;
@@ -56,7 +58,7 @@ void idem_replay_after_conflict(struct req *r, struct idem_rec *idem);
 /* rendering */
 void render_session(struct req *r, struct jw *w, const struct session_rec *s);
 void render_agent(struct req *r, struct jw *w, const struct agent_rec *a, int with_counts);
-void render_harness(struct jw *w, const struct harness_rec *h);
+void render_harness(struct req *r, struct jw *w, const struct harness_rec *h);
 /* answers with the op's error as a problem */
 void reply_op_error(struct req *r, struct store_op *op);
 struct store_op *op_new(struct req *r, enum store_op_kind kind, void (*done)(struct store_op *));
@@ -86,6 +88,7 @@ void h_agent_put(struct req *r);
 void h_agent_delete(struct req *r);
 void h_harnesses_list(struct req *r);
 void h_harness_get(struct req *r);
+void h_session_cancel(struct req *r);
 
 /* auth: fills r->who; answers 401/404 and returns -1 on failure */
 int auth_resolve(struct req *r);

@@ -27,7 +27,7 @@ json_t *body_object(struct req *r, int allow_empty)
         return NULL;
     }
     json_error_t e;
-    json_t *v = json_loadb(p, n, JSON_REJECT_DUPLICATES, &e);
+    json_t *v = json_loadb(p, n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &e);
     if (!v) {
         reply_problem(r, LD_E_BAD_JSON, "Malformed JSON at line %d, column %d: %s", e.line,
                       e.column, e.text);
@@ -49,6 +49,25 @@ static json_t *present(json_t *o, const char *key)
 {
     json_t *v = json_object_get(o, key);
     return v && !json_is_null(v) ? v : NULL;
+}
+
+static size_t utf8_chars(const char *s, size_t n)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        if (((unsigned char)s[i] & 0xc0) != 0x80) c++;
+    return c;
+}
+
+int field_text(struct req *r, json_t *o, const char *key, size_t maxchars, const char **out)
+{
+    json_t *v = present(o, key);
+    if (!v) return 0;
+    if (json_is_string(v) && utf8_chars(json_string_value(v), json_string_length(v)) > maxchars) {
+        reply_problem(r, LD_E_LIMIT, "%s: longer than the limit of %zu characters", key, maxchars);
+        return -1;
+    }
+    return field_str(r, o, key, maxchars * 4, out);
 }
 
 int field_str(struct req *r, json_t *o, const char *key, size_t maxlen, const char **out)
@@ -127,9 +146,9 @@ int field_tags(struct req *r, json_t *o, const char *key, const char **out)
         }
         const char *s = json_string_value(t);
         size_t n = json_string_length(t);
-        if (n == 0 || (long)n > r->cfg->max_tag_len || memchr(s, 0, n)) {
-            reply_problem(r, LD_E_LIMIT, "%s[%zu]: a tag must be 1 to %ld bytes, without NUL", key,
-                          i, r->cfg->max_tag_len);
+        if (n == 0 || (long)utf8_chars(s, n) > r->cfg->max_tag_len || memchr(s, 0, n)) {
+            reply_problem(r, LD_E_LIMIT, "%s[%zu]: a tag must be 1 to %ld characters, without NUL",
+                          key, i, r->cfg->max_tag_len);
             return -1;
         }
         for (size_t k = 0; k < sizeof(reserved_tag_prefixes) / sizeof(*reserved_tag_prefixes); k++)

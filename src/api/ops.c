@@ -89,7 +89,7 @@ void h_harnesses_list(struct req *r)
     jw_key(&w, "data");
     jw_arr(&w);
     for (int i = 0; i < n; i++)
-        render_harness(&w, &rows[i]);
+        render_harness(r, &w, &rows[i]);
     jw_end(&w);
     jw_end(&w);
     reply_json(r, 200, &b);
@@ -115,6 +115,6 @@ void h_harness_get(struct req *r)
     buf_init(&b, LD_MAX_RESPONSE);
     struct jw w;
     jw_init(&w, &b);
-    render_harness(&w, &h);
+    render_harness(r, &w, &h);
     reply_json(r, 200, &b);
 }

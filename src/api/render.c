@@ -140,7 +140,7 @@ void render_agent(struct req *r, struct jw *w, const struct agent_rec *a, int wi
     jw_end(w);
 }
 
-void render_harness(struct jw *w, const struct harness_rec *h)
+void render_harness(struct req *r, struct jw *w, const struct harness_rec *h)
 {
     jw_obj(w);
     jw_kstr(w, "id", h->id);
@@ -156,5 +156,12 @@ void render_harness(struct jw *w, const struct harness_rec *h)
     jw_kstr(w, "status", "active");
     jw_ktime(w, "created_at", h->created_at);
     jw_ktime(w, "updated_at", h->updated_at);
+    jw_ki64(w, "session_count", h->session_count);
+    jw_ki64(w, "app_count", 0);
+    char p[200];
+    snprintf(p, sizeof(p), "%s/v1/harnesses/%s", req_base_url(r), h->id);
+    jw_kstr(w, "self_url", p);
+    jw_kstr(w, "view_url", p);
+    jw_kstr(w, "ui_link", p);
     jw_end(w);
 }

@@ -26,6 +26,7 @@ const struct route routes[] = {
     {M_GET, "/v1/sessions/{}", h_session_get, 0, "session"},
     {M_PATCH, "/v1/sessions/{}", h_session_patch, 0, "session"},
     {M_DELETE, "/v1/sessions/{}", h_session_delete, 0, "session"},
+    {M_POST, "/v1/sessions/{}/cancel", h_session_cancel, 0, "session_cancel"},
     {M_PUT, "/v1/sessions/{}/pin", h_session_pin, 0, "session_pin"},
     {M_DELETE, "/v1/sessions/{}/pin", h_session_unpin, 0, "session_pin"},
 };

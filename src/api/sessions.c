@@ -192,7 +192,7 @@ void h_sessions_create(struct req *r)
     jw_init(&x, &xb);
     jw_obj(&x);
     const char *source = "api";
-    if (field_str(r, body, "title", (size_t)r->cfg->max_title, &s->title) < 0 ||
+    if (field_text(r, body, "title", (size_t)r->cfg->max_title, &s->title) < 0 ||
         field_str(r, body, "goal", LD_MAX_GOAL, &s->goal) < 0 ||
         field_locale(r, body, "locale", &s->locale) < 0 ||
         field_tags(r, body, "tags", &s->tags) < 0 ||
@@ -295,7 +295,7 @@ void h_session_patch(struct req *r)
     json_t *body = body_object(r, 1);
     if (!body) return;
     struct session_patch *p = arena_alloc(&r->arena, sizeof(*p));
-    if (field_str(r, body, "title", (size_t)r->cfg->max_title, &p->title) < 0 ||
+    if (field_text(r, body, "title", (size_t)r->cfg->max_title, &p->title) < 0 ||
         field_str(r, body, "goal", LD_MAX_GOAL, &p->goal) < 0 ||
         field_locale(r, body, "locale", &p->locale) < 0 ||
         field_tags(r, body, "tags", &p->tags) < 0)
@@ -461,23 +461,16 @@ void h_sessions_list(struct req *r)
     struct jw w;
     jw_init(&w, &b);
     jw_obj(&w);
-    /* `data` per the spec; `sessions` is what the TS SDK reads */
-    const char *keys[2] = {"data", "sessions"};
-    size_t first_start = 0, first_len = 0;
-    for (int k = 0; k < 2; k++) {
-        jw_key(&w, keys[k]);
-        if (k == 1) { /* the alias repeats the same bytes */
-            jw_raw(&w, "");
-            buf_add(&b, b.data + first_start, first_len);
-            continue;
-        }
-        first_start = b.len;
-        jw_arr(&w);
-        for (int i = 0; i < n; i++)
-            render_session(r, &w, &rows[i]);
-        jw_end(&w);
-        first_len = b.len - first_start;
-    }
+    /* `data` per the spec; `sessions` is what the TS SDK reads: the same
+     * array twice, rendered once */
+    jw_key(&w, "data");
+    size_t start = b.len;
+    jw_arr(&w);
+    for (int i = 0; i < n; i++)
+        render_session(r, &w, &rows[i]);
+    jw_end(&w);
+    char *arr = arena_strndup(&r->arena, b.data ? b.data + start : "", b.len - start);
+    jw_kraw(&w, "sessions", arr);
     jw_ki64(&w, "total", total);
     jw_ki64(&w, "offset", f.offset);
     jw_ki64(&w, "limit", f.limit);
@@ -582,4 +575,23 @@ void h_sessions_chat(struct req *r)
     struct store_op *op = op_new(r, SOP_CHAT_GET_OR_CREATE, chat_done);
     op->session = s;
     op_submit(r, op);
+}
+
+/* ---- cancel (reference 12) ----
+ * Idempotent.  Until the turn engine exists nothing ever runs, so every
+ * cancel of an existing session is a no_op. */
+void h_session_cancel(struct req *r)
+{
+    if (path_id(r, 0, "session", "session")) return;
+    struct session_rec s;
+    enum ld_err e =
+        store_session_get(r->st, r->who.org_id, r->params[0], r->who.user_id, &r->arena, &s);
+    if (e != LD_OK) {
+        reply_problem(r, e, e == LD_E_NOT_FOUND ? "Session not found" : "Storage error");
+        return;
+    }
+    struct buf b;
+    buf_init(&b, 256);
+    buf_puts(&b, "{\"status\":\"no_op\",\"message\":\"No turn currently running\"}");
+    reply_json(r, 200, &b);
 }

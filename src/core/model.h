@@ -104,6 +104,7 @@ struct harness_rec {
     const char *tags;         /* JSON array */
     int is_built_in;
     int64_t created_at, updated_at;
+    int64_t session_count;
 };
 
 #endif

@@ -494,8 +494,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
             /* a chunked body past the cap: MHD 0.9 cannot queue a response
              * mid-upload, so answer on the socket and close */
             char d[96];
-            snprintf(d, sizeof(d), "Request body exceeds the limit of %ld bytes",
-                     s->cfg->max_body);
+            snprintf(d, sizeof(d), "Request body exceeds the limit of %ld bytes", s->cfg->max_body);
             struct conn_track *ct = r->ct;
             if (ct) {
                 raw_problem(ct->fd, LD_E_TOO_LARGE, d);

@@ -615,7 +615,8 @@ enum ld_err store_agent_list(struct store *st, const char *org_id, const char *s
     *total = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
     sqlite3_reset(s);
     snprintf(sql, sizeof(sql),
-             "SELECT " AGENT_COLS " FROM agents a%s ORDER BY a.created_at DESC, a.id DESC"
+             "SELECT " AGENT_COLS ", (SELECT count(*) FROM sessions x WHERE x.org_id = a.org_id"
+             " AND x.agent_id = a.id) FROM agents a%s ORDER BY a.created_at DESC, a.id DESC"
              " LIMIT ?4 OFFSET ?5",
              where);
     s = conn_stmt(&st->rd, sql);
@@ -627,8 +628,10 @@ enum ld_err store_agent_list(struct store *st, const char *org_id, const char *s
     sqlite3_bind_int64(s, 5, offset);
     *rows = arena_alloc(a, sizeof(struct agent_rec) * (size_t)(limit > 0 ? limit : 1));
     *nrows = 0;
-    while (*nrows < limit && sqlite3_step(s) == SQLITE_ROW)
-        read_agent(s, a, &(*rows)[(*nrows)++]);
+    while (*nrows < limit && sqlite3_step(s) == SQLITE_ROW) {
+        read_agent(s, a, &(*rows)[*nrows]);
+        (*rows)[(*nrows)++].session_count = sqlite3_column_int64(s, 14);
+    }
     sqlite3_reset(s);
     return LD_OK;
 }
@@ -653,6 +656,7 @@ static void read_harness(sqlite3_stmt *s, struct arena *a, struct harness_rec *r
     r->is_built_in = sqlite3_column_int(s, 10);
     r->created_at = sqlite3_column_int64(s, 11);
     r->updated_at = sqlite3_column_int64(s, 12);
+    r->session_count = sqlite3_column_int64(s, 13);
 }
 
 enum ld_err store_harness_get(struct store *st, const char *org_id, const char *id_or_name,
