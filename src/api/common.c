@@ -227,6 +227,11 @@ int locale_normalize(const char *in, char *out, size_t n)
     char tmp[LD_MAX_LOCALE + 1];
     memcpy(tmp, in, len);
     tmp[len] = 0;
+    /* no empty subtags: no leading, trailing or doubled separator */
+    for (size_t i = 0; i < len; i++) {
+        int sep = tmp[i] == '-' || tmp[i] == '_';
+        if (sep && (i == 0 || i + 1 == len || tmp[i + 1] == '-' || tmp[i + 1] == '_')) return -1;
+    }
     char *parts[4];
     int np = 0;
     for (char *p = tmp, *save = NULL; np < 4; p = NULL) {

@@ -1,7 +1,9 @@
 /* id.c — UUIDv7 generation and strict typed-ID validation. */
 #include "core/id.h"
 #include "util/timeutil.h"
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
@@ -12,7 +14,8 @@ void random_bytes(void *p, size_t n)
     unsigned char *q = p;
     while (n) {
         ssize_t r = getrandom(q, n, 0);
-        if (r <= 0) continue; /* EINTR; getrandom never fails otherwise */
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) abort(); /* no randomness: IDs and keys cannot be made safely */
         q += r;
         n -= (size_t)r;
     }

@@ -181,7 +181,11 @@ static void open_(struct jw *w, char c)
 {
     sep(w);
     buf_putc(w->b, c);
-    if (w->depth + 1 < JW_DEPTH) w->depth++;
+    if (w->depth + 1 >= JW_DEPTH) { /* deeper than the writer tracks: a bug */
+        w->b->overflow = 1;
+        return;
+    }
+    w->depth++;
     w->first[w->depth] = 1;
     w->closer[w->depth] = c == '{' ? '}' : ']';
 }
@@ -198,8 +202,12 @@ void jw_arr(struct jw *w)
 
 void jw_end(struct jw *w)
 {
+    if (w->depth == 0) { /* unbalanced: a bug; poison the output */
+        w->b->overflow = 1;
+        return;
+    }
     buf_putc(w->b, w->closer[w->depth]);
-    if (w->depth > 0) w->depth--;
+    w->depth--;
 }
 
 void jw_key(struct jw *w, const char *k)

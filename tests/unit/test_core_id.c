@@ -41,14 +41,14 @@ static void check_format(const char *prefix, const char *id)
     const char *h = id + pl + 1;
     for (int i = 0; i < ID_HEX; i++)
         assert_true(is_lower_hex(h[i]));
-    assert_int_equal(h[12], '7');              /* version nibble */
+    assert_int_equal(h[12], '7');               /* version nibble */
     assert_int_equal(hexval(h[16]) & 0xc, 0x8); /* variant bits 10xx */
 }
 
 static void test_new_format(void **state)
 {
-    static const char *const prefixes[] = {"session", "agent", "harness", "apikey", "org",
-                                           "principal"};
+    static const char *const prefixes[] = {"session", "agent", "harness",
+                                           "apikey",  "org",   "principal"};
     for (size_t p = 0; p < sizeof(prefixes) / sizeof(prefixes[0]); p++) {
         for (int i = 0; i < 200; i++) { /* the random nibbles vary; check many */
             char id[ID_MAX];
@@ -130,8 +130,8 @@ static void test_check_wrong_prefix(void **state)
         id_check("session", "sessions_01933b5a000070008000000000000602", why, sizeof(why)), -1);
     assert_string_equal(why, "invalid prefix: expected 'session', got 'sessions'");
     /* and a shorter one */
-    assert_int_equal(
-        id_check("session", "sess_01933b5a000070008000000000000602", why, sizeof(why)), -1);
+    assert_int_equal(id_check("session", "sess_01933b5a000070008000000000000602", why, sizeof(why)),
+                     -1);
     assert_string_equal(why, "invalid prefix: expected 'session', got 'sess'");
 }
 
