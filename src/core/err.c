@@ -43,6 +43,8 @@ int ld_err_status(enum ld_err e)
         return 503;
     case LD_E_STORAGE:
         return 500;
+    case LD_E_NOT_IMPLEMENTED:
+        return 501;
     case LD_E__COUNT:
         break;
     }
@@ -90,6 +92,8 @@ const char *ld_err_title(enum ld_err e)
         return "Service Unavailable";
     case LD_E_STORAGE:
         return "Internal Server Error";
+    case LD_E_NOT_IMPLEMENTED:
+        return "Not Implemented";
     case LD_E__COUNT:
         break;
     }
@@ -137,6 +141,8 @@ const char *ld_err_code(enum ld_err e)
         return "unavailable";
     case LD_E_STORAGE:
         return "internal_error";
+    case LD_E_NOT_IMPLEMENTED:
+        return "not_implemented";
     case LD_E__COUNT:
         break;
     }

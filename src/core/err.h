@@ -29,6 +29,7 @@ enum ld_err {
     LD_E_INTERNAL = 16,          /* 500: never leaks internals */
     LD_E_UNAVAILABLE = 17,       /* 503: writer queue full, shutting down */
     LD_E_STORAGE = 18,           /* 500: the store failed (disk full, I/O) */
+    LD_E_NOT_IMPLEMENTED = 19,   /* 501: e.g. an unknown Transfer-Encoding */
     LD_E__COUNT
 };
 

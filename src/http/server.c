@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -396,15 +397,27 @@ static int method_of(const char *m)
     return M_OTHER;
 }
 
-struct hsize {
+/* What the first look at the headers finds: their size, and the framing
+ * headers that request smuggling plays on. */
+struct hscan {
     size_t n;
+    int n_cl;        /* Content-Length headers */
+    int cl_conflict; /* two of them with different values */
+    const char *cl;
+    const char *te; /* Transfer-Encoding */
 };
 
-static enum MHD_Result hsize_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+static enum MHD_Result hscan_cb(void *cls, enum MHD_ValueKind kind, const char *key,
                                 const char *value)
 {
-    struct hsize *h = cls;
+    struct hscan *h = cls;
     h->n += strlen(key) + (value ? strlen(value) : 0) + 4;
+    if (strcasecmp(key, "Content-Length") == 0) {
+        if (h->n_cl++ && (!value || !h->cl || strcmp(value, h->cl) != 0)) h->cl_conflict = 1;
+        h->cl = value;
+    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+        h->te = value ? value : "";
+    }
     return MHD_YES;
 }
 
@@ -470,14 +483,27 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
             ct->state = CS_BODY;
             ct->deadline = r->t0 + s->cfg->request_timeout * 1000000;
         }
-        struct hsize hs = {0};
-        MHD_get_connection_values(mc, MHD_HEADER_KIND, hsize_cb, &hs);
+        struct hscan hs = {0};
+        MHD_get_connection_values(mc, MHD_HEADER_KIND, hscan_cb, &hs);
         if (hs.n > (size_t)s->cfg->max_header) {
             reply_problem(r, LD_E_HEADERS_TOO_LARGE,
                           "Request headers exceed the limit of %ld bytes", s->cfg->max_header);
             return queue(r);
         }
-        const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Content-Length");
+        /* RFC 9112 6.3: conflicting lengths, or a length beside a transfer
+         * coding, cannot be framed safely; only chunked is understood */
+        if (hs.cl_conflict || (hs.te && hs.n_cl)) {
+            reply_problem(r, LD_E_BAD_REQUEST, "%s",
+                          hs.cl_conflict ? "Conflicting Content-Length headers"
+                                         : "Content-Length with Transfer-Encoding");
+            return queue(r);
+        }
+        if (hs.te && strcasecmp(hs.te, "chunked") != 0) {
+            reply_problem(r, LD_E_NOT_IMPLEMENTED, "Transfer-Encoding '%.40s' is not supported",
+                          hs.te);
+            return queue(r);
+        }
+        const char *cl = hs.cl;
         if (cl) {
             char *end;
             unsigned long long n = strtoull(cl, &end, 10);

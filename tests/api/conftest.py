@@ -93,9 +93,20 @@ def validator_for(name):
     if name not in _VALIDATORS:
         if name not in SCHEMA_DOC["components"]["schemas"]:
             raise KeyError("schema %s is not in %s" % (name, SCHEMA_FILE))
-        resolver = jsonschema.RefResolver(base_uri="", referrer=SCHEMA_DOC)
-        _VALIDATORS[name] = jsonschema.Draft202012Validator(
-            {"$ref": "#/components/schemas/" + name}, resolver=resolver, format_checker=FORMATS)
+        root = "urn:everruns-subset"
+        ref = {"$ref": root + "#/components/schemas/" + name}
+        try:  # jsonschema >= 4.18: the `referencing` library
+            from referencing import Registry, Resource
+            from referencing.jsonschema import DRAFT202012
+            registry = Registry().with_resource(
+                root, Resource.from_contents(SCHEMA_DOC, default_specification=DRAFT202012))
+            _VALIDATORS[name] = jsonschema.Draft202012Validator(
+                ref, registry=registry, format_checker=FORMATS)
+        except ImportError:  # Debian 12: jsonschema 4.10 with RefResolver
+            resolver = jsonschema.RefResolver(base_uri=root, referrer=SCHEMA_DOC,
+                                              store={root: SCHEMA_DOC})
+            _VALIDATORS[name] = jsonschema.Draft202012Validator(
+                ref, resolver=resolver, format_checker=FORMATS)
     return _VALIDATORS[name]
 
 
@@ -213,6 +224,24 @@ def assert_problem(resp, status, detail=None, detail_startswith=None, detail_con
         assert part.lower() in body["detail"].lower(), \
             "detail should mention %r:\n%s" % (part, describe(resp))
     return body
+
+
+# Known gap (TODO, kept visible rather than deleted): errors in HTTP framing
+# that libmicrohttpd 0.9.75 detects itself -- a malformed Content-Length or
+# chunk size, a header block or request target larger than its 32 KiB
+# connection pool -- are answered by the library with the right status but
+# its own small HTML body; the library offers no hook to replace that body.
+MHD_GAP = "libmicrohttpd answers framing errors with its own HTML body (known gap)"
+
+
+def assert_problem_or_mhd_gap(resp, status):
+    """The status must be right; the body is a problem, or the known gap."""
+    expect(resp, status)
+    ctype = resp.headers.get("Content-Type", "")
+    if ctype.split(";")[0].strip().lower() != "application/problem+json":
+        assert resp.headers.get("Connection", "").lower() == "close", describe(resp)
+        pytest.xfail(MHD_GAP)
+    return assert_problem(resp, status)
 
 
 def check_problem_body(body, status):

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import (REQUEST_TIMEOUT, RawResponse, assert_problem, expect,
+from conftest import (REQUEST_TIMEOUT, assert_problem_or_mhd_gap, RawResponse, assert_problem, expect,
                       random_key, raw_connect, raw_request, read_raw_response, send_streaming,
                       start_server)
 
@@ -191,8 +191,12 @@ CATALOG = [
          detail="Invalid organization ID format"),
     # --- sizes -----------------------------------------------------------------
     case("header-20kb", "GET", "/v1/sessions", status=431, headers={"X-Big": "a" * 20480}),
-    case("many-headers-20kb", "GET", "/v1/sessions", status=431,
-         headers={"X-H-%03d" % i: "v" * 64 for i in range(300)}),
+    dict(case("header-40kb", "GET", "/v1/sessions", status=431, headers={"X-Big": "a" * 40960}),
+         mhd_gap=True),
+    dict(case("header-100kb", "GET", "/v1/sessions", status=431,
+              headers={"X-Big": "a" * 102400}), mhd_gap=True),
+    dict(case("many-headers-20kb", "GET", "/v1/sessions", status=431,
+              headers={"X-H-%03d" % i: "v" * 64 for i in range(300)}), mhd_gap=True),
     # --- routing ---------------------------------------------------------------
     case("route-unknown", "GET", "/v1/no-such-route", status=404),
     case("route-unknown-post", "POST", "/v1/sessions/{sid}/nope", J({}), 404),
@@ -296,6 +300,20 @@ def raw_negative_content_length(ctx):
                                           b"Content-Type: application/json\r\nContent-Length: -1\r\n\r\n{}"))
 
 
+def raw_bad_chunk_size(ctx):
+    return raw_request(ctx["port"], _head(ctx, "POST", "/v1/sessions",
+                                          b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                          b"zz\r\n{}\r\n0\r\n\r\n"))
+
+
+def raw_conflicting_content_length(ctx):
+    """Two different Content-Length values: RFC 9112 section 6.3 makes this
+    an unrecoverable error (request smuggling vector), not a 201."""
+    return raw_request(ctx["port"], _head(ctx, "POST", "/v1/sessions",
+                                          b"Content-Type: application/json\r\nContent-Length: 2\r\n"
+                                          b"Content-Length: 3\r\n\r\n{} "))
+
+
 def raw_header_invalid_utf8_auth(ctx):
     data = (b"GET /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: evr_pat_\xff\xfe\r\n\r\n")
     return raw_request(ctx["port"], data)
@@ -306,9 +324,13 @@ RAW_CATALOG = [
     {"id": "body-10mb-chunked", "fn": raw_chunked_10mb, "status": 413},
     {"id": "slow-drip-stall", "fn": raw_slow_drip_stall, "status": 408},
     {"id": "slow-drip-trickle", "fn": raw_slow_drip_trickle, "status": 408},
-    {"id": "content-length-not-a-number", "fn": raw_bad_content_length, "status": 400},
-    {"id": "content-length-negative", "fn": raw_negative_content_length, "status": 400},
+    {"id": "content-length-not-a-number", "fn": raw_bad_content_length, "status": 400,
+     "mhd_gap": True},
+    {"id": "content-length-negative", "fn": raw_negative_content_length, "status": 400,
+     "mhd_gap": True},
     {"id": "auth-invalid-utf8", "fn": raw_header_invalid_utf8_auth, "status": 401},
+    {"id": "chunk-size-not-hex", "fn": raw_bad_chunk_size, "status": 400, "mhd_gap": True},
+    {"id": "content-length-conflicting", "fn": raw_conflicting_content_length, "status": 400},
 ]
 
 
@@ -367,6 +389,9 @@ def test_catalog(bad, c):
     if body is not None and b"{" in body:
         body = fill(body.decode("latin-1"), ctx).encode("latin-1")
     r = client.request(c["method"], fill(c["path"], ctx), data=body, headers=headers, timeout=20)
+    if c.get("mhd_gap"):
+        assert_problem_or_mhd_gap(r, c["status"])
+        return
     assert_problem(r, c["status"], detail=c["detail"], detail_contains=c["detail_has"],
                    detail_startswith=c["detail_startswith"])
 
@@ -375,6 +400,9 @@ def test_catalog(bad, c):
 def test_raw_catalog(bad, c):
     resp = c["fn"](bad.ctx)
     assert isinstance(resp, RawResponse)
+    if c.get("mhd_gap"):
+        assert_problem_or_mhd_gap(resp, c["status"])
+        return
     assert_problem(resp, c["status"])
 
 
@@ -390,6 +418,29 @@ def test_slow_headers_are_cut_off(bad):
     assert elapsed <= REQUEST_TIMEOUT + 4, elapsed
     if resp is not None:
         assert_problem(resp, 408)
+
+
+def test_unsupported_transfer_encoding_answered_at_once(bad):
+    """`Transfer-Encoding: gzip` (chunked not last) cannot be framed: the
+    answer is 400 (RFC 9112 6.3) or 501, right away, not a 408 later."""
+    start = time.monotonic()
+    with raw_connect(bad.port) as s:
+        s.sendall(_head(bad.ctx, "POST", "/v1/sessions",
+                        b"Content-Type: application/json\r\nTransfer-Encoding: gzip\r\n\r\n{}"))
+        resp, buf, ended = read_raw_response(s, start + REQUEST_TIMEOUT + 4)
+    assert resp is not None, (ended, buf[:300])
+    assert resp.status_code in (400, 501), resp
+    assert_problem(resp, resp.status_code)
+    assert time.monotonic() - start < REQUEST_TIMEOUT, "answered only after the request deadline"
+
+
+@pytest.mark.parametrize("n", [17000, 40000, 100000])
+def test_long_url_is_a_problem(bad, n):
+    """An over-long request target is refused with a problem (414, or 431 if
+    counted with the headers), never the HTTP library's own HTML page."""
+    r = bad.client().get("/v1/sessions?search=" + "a" * n)
+    assert r.status_code in (400, 414, 431), r.status_code
+    assert_problem_or_mhd_gap(r, r.status_code)
 
 
 def test_server_still_serves_after_catalog(bad):

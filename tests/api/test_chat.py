@@ -1,4 +1,5 @@
 """POST /v1/sessions/chat: the per-user global chat singleton."""
+import json
 import threading
 
 
@@ -133,3 +134,13 @@ def test_chat_deleted_then_recreated(fresh_server):
     s2 = chat(c)
     assert s2["id"] != s["id"]
     assert chat(c)["id"] == s2["id"]
+
+
+def test_chat_is_per_user_not_per_key(fresh_server):
+    """A second key of the same user (same org) reaches the same chat."""
+    srv = fresh_server()
+    res = srv.cli("keys", "create", "--org", "org_00000000000000000000000000000001")
+    info = json.loads(res.stdout.decode().strip().splitlines()[0])
+    s1 = chat(srv.client())
+    s2 = chat(srv.client(key=info["key"]))
+    assert s1["id"] == s2["id"]

@@ -178,3 +178,18 @@ def test_list_reflects_patch_and_delete(lsrv):
     expect(c.delete("/v1/sessions/" + s["id"]), 204)
     assert listing(c, search="gamma")["total"] == 0
     assert listing(c)["total"] == N_ALPHA + N_BETA
+
+
+def test_unknown_query_parameters_ignored(lsrv):
+    c = lsrv.client()
+    assert listing(c, foo="bar", limit=100)["total"] == N_ALPHA + N_BETA
+
+
+def test_search_unicode_and_quotes(lsrv):
+    c = lsrv.client()
+    a = c.create_session({"title": "Ünïcødé \"quoted\" it's"})
+    try:
+        assert [s["id"] for s in listing(c, search="Ünïcødé")["data"]] == [a["id"]]
+        assert [s["id"] for s in listing(c, search="\"quoted\" it's")["data"]] == [a["id"]]
+    finally:
+        expect(c.delete("/v1/sessions/" + a["id"]), 204)

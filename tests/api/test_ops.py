@@ -72,6 +72,18 @@ def test_openapi_document(api):
     for p in ("/v1/sessions", "/v1/sessions/{session_id}", "/v1/sessions/chat",
               "/v1/sessions/stats", "/v1/agents", "/v1/harnesses"):
         assert p in paths, "%s missing from /openapi.json paths: %s" % (p, sorted(paths))
+    # Every operation this suite exercises is documented.
+    norm = {(re.sub(r"\{[^}]*\}", "{}", p), m.upper()) for p, ops in paths.items() for m in ops}
+    served = [("/healthz", "GET"), ("/readyz", "GET"), ("/metrics", "GET"), ("/openapi.json", "GET"),
+              ("/v1/sessions", "GET"), ("/v1/sessions", "POST"), ("/v1/sessions/{}", "GET"),
+              ("/v1/sessions/{}", "PATCH"), ("/v1/sessions/{}", "DELETE"), ("/v1/sessions/chat", "POST"),
+              ("/v1/sessions/platform-chat", "POST"), ("/v1/sessions/stats", "GET"),
+              ("/v1/sessions/{}/pin", "PUT"), ("/v1/sessions/{}/pin", "DELETE"),
+              ("/v1/sessions/{}/cancel", "POST"), ("/v1/agents", "GET"), ("/v1/agents", "POST"),
+              ("/v1/agents/{}", "GET"), ("/v1/agents/{}", "PUT"), ("/v1/agents/{}", "PATCH"),
+              ("/v1/agents/{}", "DELETE"), ("/v1/harnesses", "GET"), ("/v1/harnesses/{}", "GET")]
+    missing = [op for op in served if op not in norm]
+    assert not missing, "served but undocumented: %s" % missing
 
 
 def test_openapi_describes_only_served_routes(fresh_server):
@@ -190,3 +202,76 @@ def test_env_variables_configure_listen(tmp_path):
         if proc.poll() is None:
             proc.terminate()
         assert proc.wait(timeout=15) == 0, open(str(tmp_path / "env.log")).read()[-3000:]
+
+
+def test_sigint_exits_cleanly(fresh_server):
+    import signal
+    srv = fresh_server()
+    srv.client().create_session()
+    assert srv.stop(signal.SIGINT) == 0, srv.stderr_tail()
+
+
+def test_log_lines_carry_request_id(server, api):
+    marker = "session_" + os.urandom(16).hex()
+    assert_problem(api.get("/v1/sessions/" + marker), 404)
+    deadline = time.monotonic() + 5
+    line = None
+    while time.monotonic() < deadline and line is None:
+        for l in server.stderr_tail(200000).splitlines():
+            if marker in l:
+                line = l
+        if line is None:
+            time.sleep(0.05)  # polling the log file
+    assert line, "no log line for the request"
+    assert re.search(r'(rid|request_id|req_id)"?\s*[=:]\s*"?[0-9A-Za-z-]{4,}', line), line
+    assert "404" in line, line
+
+
+def test_connection_limit_per_ip(fresh_server):
+    import socket as socketmod
+    srv = fresh_server(["--max-connections-per-ip", "3"])
+    from conftest import read_raw_response
+    held = []
+    for _ in range(3):
+        s = socketmod.create_connection(("127.0.0.1", srv.port))
+        held.append(s)
+        # A served keep-alive request proves the connection is accepted and open.
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        resp, _b, _e = read_raw_response(s, time.monotonic() + 5)
+        assert resp is not None and resp.status_code == 200
+    try:
+        refused = False
+        try:
+            r = requests.get(srv.base + "/healthz", timeout=5)
+            refused = r.status_code == 503
+            if refused:
+                assert_problem(r, 503)
+        except requests.ConnectionError:
+            refused = True
+        assert refused, "a 4th connection from the same IP was served"
+    finally:
+        for s in held:
+            s.close()
+    # Once the held connections are closed, requests are served again.
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            if requests.get(srv.base + "/healthz", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, "server did not recover after connections closed"
+        time.sleep(0.05)  # polling
+
+
+def test_idle_keepalive_connection_closed(fresh_server):
+    from conftest import raw_connect, read_raw_response
+    srv = fresh_server(["--idle-timeout", "1"])
+    with raw_connect(srv.port) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        resp, _buf, _ended = read_raw_response(s, time.monotonic() + 5)
+        assert resp is not None and resp.status_code == 200
+        start = time.monotonic()
+        resp2, buf, ended = read_raw_response(s, start + 6)
+        assert ended in ("eof", "reset") and not buf, (ended, buf)
+        assert time.monotonic() - start < 5

@@ -1,8 +1,11 @@
 """Session create / get / patch / delete / pin / cancel / stats."""
+import json
 import threading
+import time
 import uuid
 
 import pytest
+import requests
 
 from conftest import (DEFAULT_ORG, GENERIC_FEATURES, HARNESS_BASE, HARNESS_CHAT, HARNESS_GENERIC,
                       SESSION_ID_RE, assert_limit_error, assert_no_nulls, assert_problem, expect,
@@ -573,3 +576,162 @@ def test_idempotency_concurrent_same_key(api):
     # Losers either replay (201, same id) or are told to retry (409); never 5xx.
     assert all(code in (201, 409) for code, _ in out), out
     assert expect(api.get("/v1/sessions", params={"search": title}), 200).json()["total"] == 1
+
+
+# ---------------------------------------------------------------- more edges
+
+def test_etag_changes_when_pin_changes(api):
+    s = api.create_session({"title": "etag pin"})
+    path = "/v1/sessions/" + s["id"]
+    etag = expect(api.get(path), 200).headers["ETag"]
+    expect(api.put(path + "/pin"), 204)
+    r = api.get(path, headers={"If-None-Match": etag})
+    expect(r, 200)  # a 304 here would hand the client a stale is_pinned
+    assert r.json()["is_pinned"] is True
+
+
+def test_if_match_star(api):
+    s = api.create_session({"title": "star"})
+    r = expect(api.patch("/v1/sessions/" + s["id"], {"title": "star 2"}, headers={"If-Match": "*"}), 200)
+    assert r.json()["title"] == "star 2"
+
+
+def test_json_escapes_roundtrip(api):
+    title = 'quote " backslash \\ newline \n tab \t ctrl \x01 emoji \U0001F600 ü'
+    s = api.create_session({"title": title, "tags": ["\U0001F600", "a/b", "<script>"]})
+    assert s["title"] == title
+    assert s["tags"] == ["\U0001F600", "a/b", "<script>"]
+    # A surrogate-pair escape decodes to the same character.
+    r = api.post("/v1/sessions", data=b'{"title":"\\ud83d\\ude00"}', headers={"Content-Type": "application/json"})
+    assert expect(r, 201).json()["title"] == "\U0001F600"
+    got = expect(api.get("/v1/sessions/" + s["id"]), 200).json()
+    assert got["title"] == title
+
+
+def test_zero_and_false_values_are_kept(api):
+    s = api.create_session({"max_iterations": 0, "parallel_tool_calls": False, "hints": {},
+                            "system_prompt": "x"})
+    assert s["max_iterations"] == 0
+    assert s["parallel_tool_calls"] is False
+    got = expect(api.get("/v1/sessions/" + s["id"]), 200).json()
+    assert got["max_iterations"] == 0 and got["parallel_tool_calls"] is False
+
+
+def test_parallel_creates(fresh_server):
+    srv = fresh_server()
+    c = srv.client()
+    ids = []
+    errors = []
+    lock = threading.Lock()
+
+    def worker(n):
+        for i in range(5):
+            r = c.post("/v1/sessions", {"title": "p%d-%d" % (n, i)})
+            with lock:
+                if r.status_code == 201:
+                    ids.append(r.json()["id"])
+                else:
+                    errors.append((r.status_code, r.text[:200]))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:5]
+    assert len(ids) == 100 and len(set(ids)) == 100
+    assert expect(c.get("/v1/sessions/stats"), 200).json()["total"] == 100
+    lst = expect(c.get("/v1/sessions", params={"limit": 100}), 200).json()
+    assert lst["total"] == 100 and {s["id"] for s in lst["data"]} == set(ids)
+
+
+def test_expect_100_continue(server):
+    """curl sends `Expect: 100-continue` for larger bodies."""
+    from conftest import raw_connect, read_raw_response
+    import time as _t
+    body = json.dumps({"title": "continue", "system_prompt": "x" * 4000}).encode()
+    head = (b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n"
+            % (server.key.encode(), len(body)))
+    with raw_connect(server.port) as s:
+        s.sendall(head)
+        interim, _buf, _ended = read_raw_response(s, _t.monotonic() + 5)
+        assert interim is not None and interim.status_code == 100, interim
+        s.sendall(body)
+        resp, _buf, _ended = read_raw_response(s, _t.monotonic() + 5)
+    assert resp is not None and resp.status_code == 201, resp
+    assert json.loads(resp.content)["title"] == "continue"
+
+
+def test_expect_100_continue_too_large(server):
+    from conftest import raw_connect, read_raw_response
+    import time as _t
+    head = (b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n"
+            % (server.key.encode(), 50 * 1024 * 1024))
+    with raw_connect(server.port) as s:
+        s.sendall(head)
+        resp, _buf, _ended = read_raw_response(s, _t.monotonic() + 5)
+    assert resp is not None, "no answer to an oversized Expect: 100-continue request"
+    assert_problem(resp, 413)
+
+
+def test_idempotency_survives_restart(fresh_server):
+    """The point of an Idempotency-Key is retrying after a failure: a retry
+    after the server restarted still replays the first response."""
+    srv = fresh_server()
+    key = "idem-restart-" + uuid.uuid4().hex
+    r1 = expect(srv.client().post("/v1/sessions", {"title": "once"}, headers={"Idempotency-Key": key}), 201)
+    srv.restart()
+    c = srv.client()
+    r2 = expect(c.post("/v1/sessions", {"title": "once"}, headers={"Idempotency-Key": key}), 201)
+    assert r2.headers.get("Idempotent-Replayed") == "true", r2.headers
+    assert r2.json()["id"] == r1.json()["id"]
+    assert expect(c.get("/v1/sessions/stats"), 200).json()["total"] == 1
+
+
+def test_sigterm_finishes_inflight_writes(fresh_server):
+    """SIGTERM under write load: the server exits 0, and every create that
+    was answered 201 is stored after a restart."""
+    import signal
+    srv = fresh_server()
+    c = srv.client()
+    acked = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    started = threading.Barrier(9)
+
+    def worker(n):
+        started.wait()
+        i = 0
+        while not stop.is_set():
+            try:
+                r = c.post("/v1/sessions", {"title": "w%d-%d" % (n, i)}, timeout=10)
+            except requests.RequestException:
+                return  # the server stopped accepting
+            if r.status_code == 201:
+                with lock:
+                    acked.append(r.json())
+            elif r.status_code != 503:
+                return
+            i += 1
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    started.wait()
+    deadline = time.monotonic() + 10
+    while len(acked) < 50 and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling progress of the load
+    assert len(acked) >= 50, "load did not start"
+    rc = srv.stop(signal.SIGTERM)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert rc == 0, srv.stderr_tail()
+    srv.start()
+    c = srv.client()
+    for s in acked:
+        got = expect(c.get("/v1/sessions/" + s["id"]), 200).json()
+        assert got["title"] == s["title"]
+    assert expect(c.get("/v1/sessions/stats"), 200).json()["total"] >= len(acked)

@@ -58,6 +58,8 @@ static const char *reason(int status)
         return "Internal Server Error";
     case 503:
         return "Service Unavailable";
+    case 501:
+        return "Not Implemented";
     }
     return NULL;
 }
@@ -111,6 +113,7 @@ static void test_documented_statuses(void **state)
         {LD_E_INTERNAL, 500},
         {LD_E_UNAVAILABLE, 503},
         {LD_E_STORAGE, 500},
+        {LD_E_NOT_IMPLEMENTED, 501},
     };
     assert_int_equal(sizeof(v) / sizeof(v[0]), LD_E__COUNT);
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
