@@ -18,6 +18,7 @@
 #include "version.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -178,6 +179,11 @@ int main(int argc, char **argv)
     }
     log_setup(cfg.log_level, cfg.log_json);
     signal(SIGPIPE, SIG_IGN);
+    /* Responses of 10-100 KB are built per request: keep freed memory in
+     * the heap instead of trimming and re-faulting it on every request
+     * (measured: list pages cost 4x the CPU at 64 connections otherwise). */
+    mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+    mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
     /* block the stop signals before any thread starts, so that every thread
      * inherits the mask and they arrive only through the loop's signalfd */
     sigset_t mask;

@@ -7,28 +7,56 @@
 #include <stdio.h>
 #include <string.h>
 
-static void action(struct jw *w, const char *base, const char *rel, const char *method,
-                   const char *op, const char *path, const char *hint, const char *schema)
+/* allowed_actions entries: everything but the href is constant text */
+#define ACTION(REL, METHOD, OP, HINT, TAIL)                                                    \
+    {"{\"rel\":\"" REL "\",\"method\":\"" METHOD "\",\"operation_id\":\"" OP "\",\"href\":\"",        \
+     "\",\"hint\":\"" HINT "\"" TAIL "}"}
+struct action {
+    const char *head, *tail;
+};
+static const struct action A_SELF =
+    ACTION("self", "GET", "get_session", "Fetch the latest representation of this session.", "");
+static const struct action A_EVENTS =
+    ACTION("events", "GET", "list_events", "List the events of this session.", "");
+static const struct action A_STREAM =
+    ACTION("stream", "GET", "stream_sse", "Stream this session's events (SSE).", "");
+static const struct action A_CANCEL =
+    ACTION("cancel", "POST", "cancel_turn", "Cancel the running turn.", "");
+static const struct action A_UPDATE =
+    ACTION("update", "PATCH", "update_session", "Change the title, tags or locale of this session.",
+           ",\"schema_ref\":\"#/components/schemas/UpdateSessionRequest\"");
+static const struct action A_PIN = ACTION("pin", "PUT", "pin_session", "Pin this session.", "");
+static const struct action A_UNPIN =
+    ACTION("unpin", "DELETE", "unpin_session", "Unpin this session.", "");
+static const struct action A_DELETE =
+    ACTION("delete", "DELETE", "delete_session", "Delete this session and its history.", "");
+
+static void action(struct buf *b, const struct action *a, const char *self, size_t n,
+                   const char *suffix, int first)
 {
-    jw_obj(w);
-    jw_kstr(w, "rel", rel);
-    jw_kstr(w, "method", method);
-    jw_kstr(w, "operation_id", op);
-    jw_key(w, "href");
-    buf_putc(w->b, '"');
+    if (!first) buf_putc(b, ',');
+    buf_puts(b, a->head);
+    buf_add(b, self, n);
+    buf_puts(b, suffix);
+    buf_puts(b, a->tail);
+}
+
+/* "key":"<base><mid><id><end>" with no escaping: every part is ours */
+static void kurl(struct jw *w, const char *key, const char *base, const char *mid,
+                 const char *id, const char *end)
+{
+    jw_key(w, key);
+    jw_raw(w, "\"");
     buf_puts(w->b, base);
-    buf_puts(w->b, path);
+    buf_puts(w->b, mid);
+    buf_puts(w->b, id);
+    buf_puts(w->b, end);
     buf_putc(w->b, '"');
-    w->first[w->depth] = 0;
-    jw_kstr(w, "hint", hint);
-    if (schema) jw_kstr(w, "schema_ref", schema);
-    jw_end(w);
 }
 
 void render_session(struct req *r, struct jw *w, const struct session_rec *s)
 {
     const char *base = req_base_url(r);
-    char p[160];
     jw_obj(w);
     jw_kstr(w, "id", s->id);
     jw_kstr(w, "organization_id", s->org_id);
@@ -63,52 +91,23 @@ void render_session(struct req *r, struct jw *w, const struct session_rec *s)
     }
     if (s->pinned >= 0) jw_kbool(w, "is_pinned", s->pinned);
     if (s->features) jw_kraw(w, "features", s->features);
-    snprintf(p, sizeof(p), "/v1/sessions/%s", s->id);
-    jw_key(w, "self_url");
-    buf_putc(w->b, '"');
-    buf_puts(w->b, base);
-    buf_puts(w->b, p);
-    buf_putc(w->b, '"');
-    w->first[w->depth] = 0;
-    char view[200];
-    snprintf(view, sizeof(view), "/sessions/%s/chat", s->id);
-    jw_key(w, "view_url");
-    buf_putc(w->b, '"');
-    buf_puts(w->b, base);
-    buf_puts(w->b, view);
-    buf_putc(w->b, '"');
-    w->first[w->depth] = 0;
-    jw_key(w, "ui_link");
-    buf_putc(w->b, '"');
-    buf_puts(w->b, base);
-    buf_puts(w->b, view);
-    buf_putc(w->b, '"');
-    w->first[w->depth] = 0;
+    kurl(w, "self_url", base, "/v1/sessions/", s->id, "");
+    kurl(w, "view_url", base, "/sessions/", s->id, "/chat");
+    kurl(w, "ui_link", base, "/sessions/", s->id, "/chat");
+    char self[400];
+    int n = snprintf(self, sizeof(self), "%s/v1/sessions/%s", base, s->id);
+    size_t sl = n > 0 && (size_t)n < sizeof(self) ? (size_t)n : 0;
     jw_key(w, "allowed_actions");
-    jw_arr(w);
-    char sub[200];
-    action(w, base, "self", "GET", "get_session", p,
-           "Fetch the latest representation of this session.", NULL);
-    snprintf(sub, sizeof(sub), "%s/events", p);
-    action(w, base, "events", "GET", "list_events", sub, "List the events of this session.", NULL);
-    snprintf(sub, sizeof(sub), "%s/sse", p);
-    action(w, base, "stream", "GET", "stream_sse", sub, "Stream this session's events (SSE).",
-           NULL);
-    if (s->status == SS_ACTIVE || s->status == SS_WAITING) {
-        snprintf(sub, sizeof(sub), "%s/cancel", p);
-        action(w, base, "cancel", "POST", "cancel_turn", sub, "Cancel the running turn.", NULL);
-    }
-    action(w, base, "update", "PATCH", "update_session", p,
-           "Change the title, tags or locale of this session.",
-           "#/components/schemas/UpdateSessionRequest");
-    snprintf(sub, sizeof(sub), "%s/pin", p);
-    if (s->pinned == 1)
-        action(w, base, "unpin", "DELETE", "unpin_session", sub, "Unpin this session.", NULL);
-    else
-        action(w, base, "pin", "PUT", "pin_session", sub, "Pin this session.", NULL);
-    action(w, base, "delete", "DELETE", "delete_session", p, "Delete this session and its history.",
-           NULL);
-    jw_end(w);
+    jw_raw(w, "[");
+    struct buf *o = w->b;
+    action(o, &A_SELF, self, sl, "", 1);
+    action(o, &A_EVENTS, self, sl, "/events", 0);
+    action(o, &A_STREAM, self, sl, "/sse", 0);
+    if (s->status == SS_ACTIVE || s->status == SS_WAITING) action(o, &A_CANCEL, self, sl, "/cancel", 0);
+    action(o, &A_UPDATE, self, sl, "", 0);
+    action(o, s->pinned == 1 ? &A_UNPIN : &A_PIN, self, sl, "/pin", 0);
+    action(o, &A_DELETE, self, sl, "", 0);
+    buf_putc(o, ']');
     jw_end(w);
 }
 

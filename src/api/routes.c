@@ -62,24 +62,30 @@ int route_match(int method, const char *path, struct arena *a, const char **para
 {
     static const char *const mnames[] = {"GET",   "HEAD",   "POST",    "PUT",
                                          "PATCH", "DELETE", "OPTIONS", "OTHER"};
-    int best = 99;
+    int np[sizeof(routes) / sizeof(routes[0])];
+    int best = 99, hit = -1;
     for (int i = 0; i < route_count; i++) {
-        int np = match(routes[i].pattern, path, NULL, NULL);
-        if (np >= 0 && np < best) best = np;
+        np[i] = match(routes[i].pattern, path, NULL, NULL);
+        if (np[i] < 0) continue;
+        if (np[i] < best) {
+            best = np[i];
+            hit = -1;
+        }
+        if (np[i] == best && routes[i].method == method && hit < 0) hit = i;
     }
     if (best == 99) return -1;
+    if (hit >= 0) {
+        match(routes[hit].pattern, path, a, params);
+        return hit;
+    }
     size_t n = 0;
     allow[0] = 0;
     for (int i = 0; i < route_count; i++) {
-        if (match(routes[i].pattern, path, NULL, NULL) != best) continue;
-        if (routes[i].method == method) {
-            match(routes[i].pattern, path, a, params);
-            return i;
-        }
+        if (np[i] != best) continue;
         const char *m = mnames[routes[i].method];
         if (!strstr(allow, m)) {
-            n += (size_t)snprintf(allow + n, n < allowlen ? allowlen - n : 0, "%s%s", n ? ", " : "",
-                                  m);
+            n += (size_t)snprintf(allow + n, n < allowlen ? allowlen - n : 0, "%s%s",
+                                  n ? ", " : "", m);
             if (routes[i].method == M_GET && n < allowlen)
                 n += (size_t)snprintf(allow + n, allowlen - n, ", HEAD");
         }

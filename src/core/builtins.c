@@ -5,6 +5,7 @@
  */
 #include "core/builtins.h"
 #include <jansson.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define GENERIC_CAPS                                                                               \
@@ -83,8 +84,18 @@ int capability_known(const char *ref)
     return 0;
 }
 
-void features_add(const char *caps_json, unsigned *seen)
+/* Feature bits of one capabilities array, parsed once per distinct text:
+ * harness and agent capability lists repeat on every create.  A small
+ * direct-mapped cache owned by the loop thread (the only caller). */
+#define FEATURE_CACHE 64
+static struct {
+    char *text;
+    unsigned bits;
+} fcache[FEATURE_CACHE];
+
+static unsigned parse_features(const char *caps_json)
 {
+    unsigned seen = 0;
     json_t *arr = json_loads(caps_json, 0, NULL);
     size_t i;
     json_t *c;
@@ -93,9 +104,30 @@ void features_add(const char *caps_json, unsigned *seen)
         const char *ref = json_string_value(json_object_get(c, "ref"));
         if (!ref) continue;
         for (size_t k = 0; k < NCAPS; k++)
-            if (strcmp(cap_features[k].ref, ref) == 0) *seen |= cap_features[k].bits;
+            if (strcmp(cap_features[k].ref, ref) == 0) seen |= cap_features[k].bits;
     }
     json_decref(arr);
+    return seen;
+}
+
+void features_add(const char *caps_json, unsigned *seen)
+{
+    if (!caps_json || !*caps_json) return;
+    unsigned h = 2166136261u; /* FNV-1a */
+    for (const char *p = caps_json; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    unsigned slot = h % FEATURE_CACHE;
+    if (fcache[slot].text && strcmp(fcache[slot].text, caps_json) == 0) {
+        *seen |= fcache[slot].bits;
+        return;
+    }
+    unsigned bits = parse_features(caps_json);
+    if (strlen(caps_json) < 4096) {
+        free(fcache[slot].text);
+        fcache[slot].text = strdup(caps_json);
+        fcache[slot].bits = bits;
+    }
+    *seen |= bits;
 }
 
 int features_json(unsigned seen, struct buf *out)

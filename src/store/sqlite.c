@@ -352,17 +352,27 @@ enum ld_err store_principal(struct store *st, const char *org_id, const char *us
 enum ld_err store_auth(struct store *st, const char *token, const char *org_hint,
                        struct principal *p, char *detail, size_t dlen)
 {
-    char hash[65], stored[65] = "", user[40] = "", org[ID_MAX] = "";
+    char hash[65], stored[65] = "";
     sha256_hex(token, strlen(token), hash);
-    sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT hash, user_id, org_id FROM api_keys"
-                                         " WHERE hash = ? AND revoked_at IS NULL");
+    /* one statement: the key, and the caller's membership in the org asked
+     * for (X-Org-Id) or else the key's own org */
+    sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT k.hash, k.user_id, m.org_id, m.principal_id"
+                                         " FROM api_keys k LEFT JOIN members m ON"
+                                         " m.user_id = k.user_id AND m.org_id = coalesce(?2,"
+                                         " k.org_id) WHERE k.hash = ?1 AND k.revoked_at IS NULL");
     if (!s) return LD_E_STORAGE;
     bind_text(s, 1, hash);
+    bind_text_opt(s, 2, org_hint);
     int found = sqlite3_step(s) == SQLITE_ROW;
+    int member = 0;
     if (found) {
         col_copy(s, 0, stored, sizeof(stored));
-        col_copy(s, 1, user, sizeof(user));
-        col_copy(s, 2, org, sizeof(org));
+        member = sqlite3_column_type(s, 2) != SQLITE_NULL;
+        memset(p, 0, sizeof(*p));
+        col_copy(s, 1, p->user_id, sizeof(p->user_id));
+        col_copy(s, 2, p->org_id, sizeof(p->org_id));
+        col_copy(s, 3, p->principal_id, sizeof(p->principal_id));
+        p->is_admin = 1;
     }
     sqlite3_reset(s);
     /* the index found the row by hash; compare again in constant time so
@@ -371,10 +381,11 @@ enum ld_err store_auth(struct store *st, const char *token, const char *org_hint
         snprintf(detail, dlen, "Invalid API key");
         return LD_E_UNAUTHORIZED;
     }
-    const char *want = org_hint && *org_hint ? org_hint : org;
-    enum ld_err e = store_principal(st, want, user, p);
-    if (e == LD_E_NOT_FOUND) snprintf(detail, dlen, "Organization not found");
-    return e;
+    if (!member) {
+        snprintf(detail, dlen, "Organization not found");
+        return LD_E_NOT_FOUND;
+    }
+    return LD_OK;
 }
 
 static const char *session_select(void)

@@ -19,18 +19,67 @@ int64_t time_mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+static char *put2(char *p, int v)
+{
+    *p++ = (char)('0' + v / 10);
+    *p++ = (char)('0' + v % 10);
+    return p;
+}
+
+/* Hand-formatted: it runs for every timestamp of every response.  The
+ * civil date comes from days since the epoch (H. Hinnant's algorithm). */
 void time_format(int64_t us, char *out, size_t n)
 {
-    time_t sec = (time_t)(us / 1000000);
-    int frac = (int)(us % 1000000);
+    if (n < 28) {
+        if (n) out[0] = 0;
+        return;
+    }
+    int64_t sec = us / 1000000;
+    int64_t frac = us % 1000000;
     if (frac < 0) {
         frac += 1000000;
         sec--;
     }
-    struct tm tm;
-    gmtime_r(&sec, &tm);
-    snprintf(out, n, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+    int64_t days = sec / 86400, rem = sec % 86400;
+    if (rem < 0) {
+        rem += 86400;
+        days--;
+    }
+    int64_t z = days + 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t y = yoe + era * 400;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    int d = (int)(doy - (153 * mp + 2) / 5 + 1);
+    int m = (int)(mp < 10 ? mp + 3 : mp - 9);
+    if (m <= 2) y++;
+    if (y < 0 || y > 9999) {
+        snprintf(out, n, "%s", "0000-01-01T00:00:00.000000Z");
+        return;
+    }
+    char *p = out;
+    p = put2(p, (int)(y / 100));
+    p = put2(p, (int)(y % 100));
+    *p++ = '-';
+    p = put2(p, m);
+    *p++ = '-';
+    p = put2(p, d);
+    *p++ = 'T';
+    p = put2(p, (int)(rem / 3600));
+    *p++ = ':';
+    p = put2(p, (int)(rem / 60 % 60));
+    *p++ = ':';
+    p = put2(p, (int)(rem % 60));
+    *p++ = '.';
+    for (int i = 5; i >= 0; i--) {
+        p[i] = (char)('0' + frac % 10);
+        frac /= 10;
+    }
+    p += 6;
+    *p++ = 'Z';
+    *p = 0;
 }
 
 static int digits(const char **p, int n, int *v)
