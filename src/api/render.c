@@ -8,9 +8,11 @@
 #include <string.h>
 
 /* allowed_actions entries: everything but the href is constant text */
-#define ACTION(REL, METHOD, OP, HINT, TAIL)                                                    \
-    {"{\"rel\":\"" REL "\",\"method\":\"" METHOD "\",\"operation_id\":\"" OP "\",\"href\":\"",        \
-     "\",\"hint\":\"" HINT "\"" TAIL "}"}
+#define ACTION(REL, METHOD, OP, HINT, TAIL)                                                        \
+    {                                                                                              \
+        "{\"rel\":\"" REL "\",\"method\":\"" METHOD "\",\"operation_id\":\"" OP "\",\"href\":\"",  \
+            "\",\"hint\":\"" HINT "\"" TAIL "}"                                                    \
+    }
 struct action {
     const char *head, *tail;
 };
@@ -42,8 +44,8 @@ static void action(struct buf *b, const struct action *a, const char *self, size
 }
 
 /* "key":"<base><mid><id><end>" with no escaping: every part is ours */
-static void kurl(struct jw *w, const char *key, const char *base, const char *mid,
-                 const char *id, const char *end)
+static void kurl(struct jw *w, const char *key, const char *base, const char *mid, const char *id,
+                 const char *end)
 {
     jw_key(w, key);
     jw_raw(w, "\"");
@@ -103,7 +105,8 @@ void render_session(struct req *r, struct jw *w, const struct session_rec *s)
     action(o, &A_SELF, self, sl, "", 1);
     action(o, &A_EVENTS, self, sl, "/events", 0);
     action(o, &A_STREAM, self, sl, "/sse", 0);
-    if (s->status == SS_ACTIVE || s->status == SS_WAITING) action(o, &A_CANCEL, self, sl, "/cancel", 0);
+    if (s->status == SS_ACTIVE || s->status == SS_WAITING)
+        action(o, &A_CANCEL, self, sl, "/cancel", 0);
     action(o, &A_UPDATE, self, sl, "", 0);
     action(o, s->pinned == 1 ? &A_UNPIN : &A_PIN, self, sl, "/pin", 0);
     action(o, &A_DELETE, self, sl, "", 0);

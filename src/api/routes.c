@@ -84,8 +84,8 @@ int route_match(int method, const char *path, struct arena *a, const char **para
         if (np[i] != best) continue;
         const char *m = mnames[routes[i].method];
         if (!strstr(allow, m)) {
-            n += (size_t)snprintf(allow + n, n < allowlen ? allowlen - n : 0, "%s%s",
-                                  n ? ", " : "", m);
+            n += (size_t)snprintf(allow + n, n < allowlen ? allowlen - n : 0, "%s%s", n ? ", " : "",
+                                  m);
             if (routes[i].method == M_GET && n < allowlen)
                 n += (size_t)snprintf(allow + n, allowlen - n, ", HEAD");
         }

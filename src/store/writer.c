@@ -16,8 +16,13 @@
  *  - Finished ops go to a done list in FIFO order and the loop is woken
  *    through an eventfd; their `done` callbacks run on the loop thread
  *    (writer_drain), never here.
+ *  - Checkpoints do not run on the commit path: the writer connection has
+ *    wal_autocheckpoint off, and a checkpointer thread with its own
+ *    connection copies the WAL back into the database (PASSIVE, so it never
+ *    blocks the writer) whenever WAL_CHECKPOINT_PAGES were committed, or
+ *    every CHECKPOINT_EVERY_MS.
  *  - The queue, the done list and the metrics are the only state shared by
- *    the two threads, all under `mu`.
+ *    the threads, all under `mu`.
  */
 #include "limits.h"
 #include "store/sqlite_int.h"
@@ -25,11 +30,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#define WAL_CHECKPOINT_COMMITS 32
+#define CHECKPOINT_EVERY_MS 1000
+#define WAL_MAX_BYTES (16L * 1024 * 1024)
+
 struct writer {
-    pthread_t th;
+    pthread_t th, ckpt_th;
+    pthread_cond_t ckpt_cv; /* wakes the checkpointer */
+    long commits_since_ckpt;
+    char path[600];
     pthread_mutex_t mu;
     pthread_cond_t cv;   /* signalled when ops are queued or on stop */
     pthread_cond_t idle; /* signalled when the queue is empty and no batch runs */
@@ -62,10 +76,62 @@ static void finish_batch(struct writer *w, struct store_op *batch, struct store_
         b++;
     w->m.batch_hist[b]++;
     if (!w->head) pthread_cond_broadcast(&w->idle);
+    if (++w->commits_since_ckpt >= WAL_CHECKPOINT_COMMITS) pthread_cond_signal(&w->ckpt_cv);
     pthread_mutex_unlock(&w->mu);
     uint64_t one = 1;
     ssize_t r = write(w->efd, &one, sizeof(one));
     (void)r;
+}
+
+/* runs a cached statement once (savepoints run for every op) */
+static void step_once(struct conn *c, const char *sql)
+{
+    sqlite3_stmt *st = conn_stmt(c, sql);
+    if (st) {
+        sqlite3_step(st);
+        sqlite3_reset(st);
+    }
+}
+
+static void *checkpointer_main(void *arg)
+{
+    struct writer *w = arg;
+    struct conn c;
+    char err[256];
+    if (conn_open(&c, w->path, 0, err, sizeof(err))) {
+        fprintf(stderr, "level=error msg=\"checkpointer: %s\"\n", err);
+        return NULL;
+    }
+    conn_exec(&c, "PRAGMA wal_autocheckpoint=0");
+    sqlite3_busy_timeout(c.db, 2000);
+    char wal[620];
+    snprintf(wal, sizeof(wal), "%s-wal", w->path);
+    pthread_mutex_lock(&w->mu);
+    while (!w->stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += CHECKPOINT_EVERY_MS / 1000;
+        if (w->commits_since_ckpt < WAL_CHECKPOINT_COMMITS)
+            pthread_cond_timedwait(&w->ckpt_cv, &w->mu, &ts);
+        if (w->stop) break;
+        if (w->commits_since_ckpt == 0) continue;
+        w->commits_since_ckpt = 0;
+        pthread_mutex_unlock(&w->mu);
+        /* PASSIVE never waits, but under endless writes the log never
+         * empties and would grow without bound; past WAL_MAX_BYTES a
+         * RESTART makes the next commit start the log from the beginning
+         * (it holds new writers back for the length of the copy) */
+        struct stat sb;
+        int big = stat(wal, &sb) == 0 && sb.st_size > WAL_MAX_BYTES;
+        sqlite3_wal_checkpoint_v2(
+            c.db, NULL, big ? SQLITE_CHECKPOINT_RESTART : SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        pthread_mutex_lock(&w->mu);
+    }
+    pthread_mutex_unlock(&w->mu);
+    /* a last full checkpoint at shutdown keeps the WAL small for the next start */
+    sqlite3_wal_checkpoint_v2(c.db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    conn_close(&c);
+    return NULL;
 }
 
 static void run_batch(struct writer *w, struct store_op *batch)
@@ -83,10 +149,10 @@ static void run_batch(struct writer *w, struct store_op *batch)
             snprintf(op->detail, sizeof(op->detail), "Storage is unavailable");
             continue;
         }
-        conn_exec(&w->c, "SAVEPOINT op");
+        step_once(&w->c, "SAVEPOINT op");
         ops_run(&w->c, op);
-        if (op->err != LD_OK) conn_exec(&w->c, "ROLLBACK TO op");
-        conn_exec(&w->c, "RELEASE op");
+        if (op->err != LD_OK) step_once(&w->c, "ROLLBACK TO op");
+        step_once(&w->c, "RELEASE op");
     }
     if (began && conn_exec(&w->c, "COMMIT") != 0) {
         fprintf(stderr, "level=error msg=\"commit failed\" err=\"%s\"\n", sqlite3_errmsg(w->c.db));
@@ -137,11 +203,15 @@ struct writer *writer_start(const char *path, char *err, size_t errlen)
         free(w);
         return NULL;
     }
+    conn_exec(&w->c, "PRAGMA wal_autocheckpoint=0");
     w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    snprintf(w->path, sizeof(w->path), "%s", path);
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     pthread_cond_init(&w->idle, NULL);
-    if (w->efd < 0 || pthread_create(&w->th, NULL, writer_main, w) != 0) {
+    pthread_cond_init(&w->ckpt_cv, NULL);
+    if (w->efd < 0 || pthread_create(&w->th, NULL, writer_main, w) != 0 ||
+        pthread_create(&w->ckpt_th, NULL, checkpointer_main, w) != 0) {
         snprintf(err, errlen, "cannot start the writer thread");
         conn_close(&w->c);
         if (w->efd >= 0) close(w->efd);
@@ -160,12 +230,17 @@ void writer_stop(struct writer *w)
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
     pthread_join(w->th, NULL);
+    pthread_mutex_lock(&w->mu);
+    pthread_cond_signal(&w->ckpt_cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->ckpt_th, NULL);
     writer_drain(w);
     conn_close(&w->c);
     close(w->efd);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
     pthread_cond_destroy(&w->idle);
+    pthread_cond_destroy(&w->ckpt_cv);
     free(w);
 }
 
