@@ -27,7 +27,7 @@ ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-s
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,build/unit/%,$(UNIT_SRCS))
 
-.PHONY: all run test unit api api-asan asan bench format check-format deps clean
+.PHONY: all run test unit api api-asan api-valgrind asan bench format check-format deps clean
 
 all: build/loopd
 
@@ -78,11 +78,17 @@ api-asan: build/asan/loopd
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	$(PY) -m pytest -q tests/api tests/durability
 
+# the resource suites again with the server under valgrind memcheck
+api-valgrind: build/loopd
+	LOOPD_BIN=scripts/valgrind-loopd $(PY) -m pytest -q tests/api/test_sessions.py \
+		tests/api/test_agents.py tests/api/test_chat.py
+
 test: deps
 	@$(MAKE) --no-print-directory all check-format
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory api
 	@$(MAKE) --no-print-directory api-asan
+	@$(MAKE) --no-print-directory api-valgrind
 
 bench: 
 	@scripts/install-deps --bench
