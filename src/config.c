@@ -56,6 +56,10 @@ static const struct opt opts[] = {
     {"max-tag-length", OPT_LONG, O(max_tag_len), 0, 1, 65536, "255", NULL, "longest tag in bytes"},
     {"shutdown-timeout", OPT_LONG, O(shutdown_timeout), 0, 0, 3600, "10", NULL,
      "seconds to finish in-flight requests on SIGTERM"},
+    {"sse-heartbeat", OPT_LONG, O(sse_heartbeat), 0, 1, 3600, "15", NULL,
+     "seconds between SSE heartbeat comments"},
+    {"sse-cycle", OPT_LONG, O(sse_cycle), 0, 1, 86400, "300", NULL,
+     "seconds before an SSE stream says `disconnecting` and closes (+-20 %)"},
     {"fault-point", OPT_LONG, O(fault_point), 0, 0, 100, "0", NULL,
      "testing only: number of a fail point to enable (0 = none)"},
 };

@@ -29,6 +29,8 @@ struct config {
     long max_tag_len;
     long shutdown_timeout; /* seconds to finish in-flight work on SIGTERM */
     long fault_point;      /* test-only fail point (see store/writer.c) */
+    long sse_heartbeat;    /* seconds between `: heartbeat` comments */
+    long sse_cycle;        /* seconds before a stream is cycled (+-20 %) */
 };
 
 /* Fills defaults, then the environment, then argv (flags win).  Returns 0,

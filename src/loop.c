@@ -19,8 +19,16 @@ struct watch {
     void *ud;
 };
 
+struct loop_timer {
+    struct loop_timer *next;
+    int64_t due; /* monotonic µs */
+    loop_tick_fn fn;
+    void *ud;
+};
+
 struct loop {
     int ep;
+    struct loop_timer *timers; /* sorted by due */
     struct watch w[MAX_FDS];
     int nw;
     struct {
@@ -50,6 +58,11 @@ struct loop *loop_new(void)
 void loop_free(struct loop *l)
 {
     if (!l) return;
+    while (l->timers) {
+        struct loop_timer *t = l->timers;
+        l->timers = t->next;
+        free(t);
+    }
     close(l->ep);
     free(l);
 }
@@ -93,10 +106,51 @@ void loop_after_poll(struct loop *l, loop_tick_fn fn, void *ud)
     l->aud = ud;
 }
 
+struct loop_timer *loop_timer_add(struct loop *l, long ms, loop_tick_fn fn, void *ud)
+{
+    struct loop_timer *t = xcalloc(1, sizeof(*t));
+    t->due = time_mono_us() + (int64_t)ms * 1000;
+    t->fn = fn;
+    t->ud = ud;
+    struct loop_timer **p = &l->timers;
+    while (*p && (*p)->due <= t->due)
+        p = &(*p)->next;
+    t->next = *p;
+    *p = t;
+    return t;
+}
+
+void loop_timer_cancel(struct loop *l, struct loop_timer *t)
+{
+    for (struct loop_timer **p = &l->timers; *p; p = &(*p)->next)
+        if (*p == t) {
+            *p = t->next;
+            free(t);
+            return;
+        }
+}
+
+static void run_timers(struct loop *l)
+{
+    int64_t now = time_mono_us();
+    while (l->timers && l->timers->due <= now) {
+        struct loop_timer *t = l->timers;
+        l->timers = t->next;
+        loop_tick_fn fn = t->fn;
+        void *ud = t->ud;
+        free(t);
+        fn(ud);
+    }
+}
+
 void loop_run_once(struct loop *l, long max_ms)
 {
     int64_t now = time_mono_us();
     long wait = (long)((l->next_tick - now) / 1000);
+    if (l->timers) {
+        long tw = (long)((l->timers->due - now + 999) / 1000);
+        if (tw < wait) wait = tw;
+    }
     if (wait < 0) wait = 0;
     if (max_ms >= 0 && max_ms < wait) wait = max_ms;
     if (l->tfn) {
@@ -109,6 +163,7 @@ void loop_run_once(struct loop *l, long max_ms)
         struct watch *w = &l->w[evs[i].data.u32];
         if (w->fn) w->fn(w->ud, evs[i].events);
     }
+    run_timers(l);
     if (l->after) l->after(l->aud);
     now = time_mono_us();
     if (now >= l->next_tick) {

@@ -23,6 +23,13 @@ void loop_on_tick(struct loop *l, loop_tick_fn fn, void *ud);
 void loop_on_timeout(struct loop *l, loop_timeout_fn fn, void *ud);
 /* Runs after every wait, whatever fired. */
 void loop_after_poll(struct loop *l, loop_tick_fn fn, void *ud);
+/* One-shot timers with millisecond precision (turn latencies, SSE
+ * heartbeats).  The handle stays valid until the timer fires or is
+ * cancelled; cancelling a fired or cancelled timer is a bug. */
+struct loop_timer;
+struct loop_timer *loop_timer_add(struct loop *l, long ms, loop_tick_fn fn, void *ud);
+void loop_timer_cancel(struct loop *l, struct loop_timer *t);
+
 /* Runs one iteration: waits at most max_ms, dispatches. */
 void loop_run_once(struct loop *l, long max_ms);
 

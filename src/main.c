@@ -9,6 +9,7 @@
  * --shutdown-timeout), flush, exit 0.
  */
 #include "config.h"
+#include "engine/engine.h"
 #include "core/id.h"
 #include "http/server.h"
 #include "log.h"
@@ -223,7 +224,10 @@ int main(int argc, char **argv)
     store_idem_expire(st, time_now_us() - (int64_t)24 * 3600 * 1000000);
 
     struct loop *l = loop_new();
-    struct server *srv = server_start(&cfg, st, l, err, sizeof(err));
+    struct engine *eng = engine_new(st, l);
+    /* turns a crash left running end as failed before anyone can look */
+    if (engine_recover(eng) > 0) store_flush(st);
+    struct server *srv = server_start(&cfg, st, eng, l, err, sizeof(err));
     if (!srv) {
         log_error("cannot start the HTTP server", "err", err, NULL);
         store_close(st);
@@ -246,6 +250,7 @@ int main(int argc, char **argv)
         loop_run_once(l, 20);
     server_stop(srv);
     store_close(st);
+    engine_free(eng);
     loop_free(l);
     close(sfd);
     log_info("stopped", NULL);

@@ -90,6 +90,22 @@ void h_harnesses_list(struct req *r);
 void h_harness_get(struct req *r);
 void h_session_cancel(struct req *r);
 
+void h_messages_post(struct req *r);
+void h_messages_list(struct req *r);
+void h_events_list(struct req *r);
+void h_sse(struct req *r);
+
+/* event filters: types / exclude (repeated keys), shared by /events and /sse */
+struct event_filter {
+    const char *types[26], *exclude[26];
+    int ntypes, nexclude;
+};
+int event_type_known(const char *t);
+int event_filter_parse(struct req *r, struct event_filter *f);
+int event_filter_match(const struct event_filter *f, const char *type);
+/* since_id (and, for SSE, Last-Event-ID) -> the sequence after which to read */
+int event_cursor(struct req *r, const char *session_id, int sse, int64_t *after);
+
 /* auth: fills r->who; answers 401/404 and returns -1 on failure */
 int auth_resolve(struct req *r);
 

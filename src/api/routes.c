@@ -27,6 +27,10 @@ const struct route routes[] = {
     {M_PATCH, "/v1/sessions/{}", h_session_patch, 0, "session"},
     {M_DELETE, "/v1/sessions/{}", h_session_delete, 0, "session"},
     {M_POST, "/v1/sessions/{}/cancel", h_session_cancel, 0, "session_cancel"},
+    {M_POST, "/v1/sessions/{}/messages", h_messages_post, 0, "messages"},
+    {M_GET, "/v1/sessions/{}/messages", h_messages_list, 0, "messages"},
+    {M_GET, "/v1/sessions/{}/events", h_events_list, 0, "events"},
+    {M_GET, "/v1/sessions/{}/sse", h_sse, 0, "sse"},
     {M_PUT, "/v1/sessions/{}/pin", h_session_pin, 0, "session_pin"},
     {M_DELETE, "/v1/sessions/{}/pin", h_session_unpin, 0, "session_pin"},
 };

@@ -576,22 +576,3 @@ void h_sessions_chat(struct req *r)
     op->session = s;
     op_submit(r, op);
 }
-
-/* ---- cancel (reference 12) ----
- * Idempotent.  Until the turn engine exists nothing ever runs, so every
- * cancel of an existing session is a no_op. */
-void h_session_cancel(struct req *r)
-{
-    if (path_id(r, 0, "session", "session")) return;
-    struct session_rec s;
-    enum ld_err e =
-        store_session_get(r->st, r->who.org_id, r->params[0], r->who.user_id, &r->arena, &s);
-    if (e != LD_OK) {
-        reply_problem(r, e, e == LD_E_NOT_FOUND ? "Session not found" : "Storage error");
-        return;
-    }
-    struct buf b;
-    buf_init(&b, 256);
-    buf_puts(&b, "{\"status\":\"no_op\",\"message\":\"No turn currently running\"}");
-    reply_json(r, 200, &b);
-}

@@ -53,8 +53,9 @@ struct session_rec {
     char source[16];
     int64_t created_at, updated_at, started_at, last_activity_at; /* µs; 0 = unset */
     int64_t in_tokens, out_tokens, cache_read_tokens, cache_creation_tokens;
-    int64_t version; /* bumped by every change; the ETag */
-    int pinned;      /* for the caller; -1 = not known */
+    int64_t version;      /* bumped by every change; the ETag */
+    int pinned;           /* for the caller; -1 = not known */
+    char turn_id[ID_MAX]; /* the running turn, "" if none */
 };
 
 /* PATCH: NULL/0 = leave unchanged. */

@@ -15,6 +15,7 @@
 
 struct server;
 struct store;
+struct engine;
 
 enum http_method { M_GET, M_HEAD, M_POST, M_PUT, M_PATCH, M_DELETE, M_OPTIONS, M_OTHER };
 
@@ -24,6 +25,7 @@ enum http_method { M_GET, M_HEAD, M_POST, M_PUT, M_PATCH, M_DELETE, M_OPTIONS, M
 struct req {
     struct server *srv;
     struct store *st;
+    struct engine *eng;
     const struct config *cfg;
     void *mc; /* struct MHD_Connection * */
     void *ct; /* connection tracking (http/server.c) */
@@ -69,6 +71,12 @@ void reply_problem(struct req *r, enum ld_err e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void reply_problem_h(struct req *r, enum ld_err e, const struct reply_header *h, int nh,
                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* after resuming a connection from a timer or the store: run MHD soon */
+void server_kick(struct server *s);
+
+/* answers with a prepared MHD response (SSE) */
+void reply_raw(struct req *r, int status, void *mhd_response);
 
 /* parks the request until a store op completes; the op's done callback
  * must then reply (which resumes the connection) */

@@ -68,6 +68,7 @@ static const int64_t lat_bounds_us[N_LAT - 1] = {100,   250,   500,   1000,   25
 struct server {
     const struct config *cfg;
     struct store *st;
+    struct engine *eng;
     struct loop *loop;
     struct MHD_Daemon *d;
     int mhd_fd;
@@ -77,6 +78,7 @@ struct server {
     long inflight;
     uint64_t req_id;
     char rid_prefix[8];
+    int kick; /* a connection was resumed outside MHD: run it */
     /* metrics */
     uint64_t *by_route; /* [route_count + 1][N_STATUS + 1] */
     uint64_t lat[N_LAT];
@@ -279,6 +281,7 @@ static void set_response(struct req *r, int status, struct MHD_Response *resp)
         r->suspended = 0;
         r->srv->inflight--;
         MHD_resume_connection(r->mc);
+        r->srv->kick = 1;
     }
 }
 
@@ -287,6 +290,16 @@ static struct MHD_Response *make_resp(struct buf *body)
     size_t len = 0;
     char *data = buf_take(body, &len);
     return MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+}
+
+void reply_raw(struct req *r, int status, void *mhd_response)
+{
+    set_response(r, status, mhd_response);
+}
+
+struct loop *server_loop(struct server *s)
+{
+    return s->loop;
 }
 
 void reply_json_h(struct req *r, int status, struct buf *body, const struct reply_header *h, int nh)
@@ -467,6 +480,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         *con_cls = r;
         r->srv = s;
         r->st = s->st;
+        r->eng = s->eng;
         r->cfg = s->cfg;
         r->mc = mc;
         r->ct = track_of(mc);
@@ -670,7 +684,15 @@ static void after_poll(void *ud)
 {
     struct server *s = ud;
     MHD_UNSIGNED_LONG_LONG t;
-    if (MHD_get_timeout(s->d, &t) == MHD_YES && t == 0) MHD_run(s->d);
+    if (s->kick || (MHD_get_timeout(s->d, &t) == MHD_YES && t == 0)) {
+        s->kick = 0;
+        MHD_run(s->d);
+    }
+}
+
+void server_kick(struct server *s)
+{
+    s->kick = 1;
 }
 
 static int parse_listen(const char *listen, struct sockaddr_in *sa, char *err, size_t errlen)
@@ -700,14 +722,15 @@ static int parse_listen(const char *listen, struct sockaddr_in *sa, char *err, s
     return 0;
 }
 
-struct server *server_start(const struct config *cfg, struct store *st, struct loop *l, char *err,
-                            size_t errlen)
+struct server *server_start(const struct config *cfg, struct store *st, struct engine *eng,
+                            struct loop *l, char *err, size_t errlen)
 {
     struct sockaddr_in sa;
     if (parse_listen(cfg->listen, &sa, err, errlen)) return NULL;
     struct server *s = xcalloc(1, sizeof(*s));
     s->cfg = cfg;
     s->st = st;
+    s->eng = eng;
     s->loop = l;
     s->conns.next = s->conns.prev = &s->conns;
     s->by_route = xcalloc((size_t)(route_count + 1) * (N_STATUS + 1), sizeof(uint64_t));

@@ -12,8 +12,9 @@
 struct store;
 struct server;
 
-struct server *server_start(const struct config *cfg, struct store *st, struct loop *l, char *err,
-                            size_t errlen);
+struct engine;
+struct server *server_start(const struct config *cfg, struct store *st, struct engine *eng,
+                            struct loop *l, char *err, size_t errlen);
 /* Stops accepting new connections (SIGTERM, step 1). */
 void server_quiesce(struct server *s);
 /* Requests being processed or waiting for the store. */

@@ -137,6 +137,7 @@ void read_session(sqlite3_stmt *s, struct arena *a, struct session_rec *r)
     r->cache_read_tokens = sqlite3_column_int64(s, 27);
     r->cache_creation_tokens = sqlite3_column_int64(s, 28);
     r->version = sqlite3_column_int64(s, 29);
+    col_copy(s, 30, r->turn_id, sizeof(r->turn_id));
     r->pinned = -1;
     if (!r->tags) r->tags = "[]";
     if (!r->extra) r->extra = "{}";

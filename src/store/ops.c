@@ -279,6 +279,62 @@ static void agent_archive(struct conn *c, struct store_op *op)
     if (sqlite3_changes(c->db) != 1) fail(op, LD_E_NOT_FOUND, "Agent not found");
 }
 
+static void events_append(struct conn *c, struct store_op *op)
+{
+    sqlite3_stmt *st = conn_stmt(c, "INSERT INTO events(session_id, sequence, id, type, ts,"
+                                    " turn_id, body, message) VALUES(?,?,?,?,?,?,?,?)");
+    if (!st) {
+        fail(op, LD_E_STORAGE, "Storage error");
+        return;
+    }
+    for (int i = 0; i < op->nevents; i++) {
+        const struct event_rec *e = &op->events[i];
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        bind_text(st, 1, op->id);
+        sqlite3_bind_int64(st, 2, e->seq);
+        bind_text(st, 3, e->id);
+        bind_text(st, 4, e->type);
+        sqlite3_bind_int64(st, 5, e->ts);
+        bind_text_opt(st, 6, e->turn_id);
+        bind_text(st, 7, e->body);
+        bind_text_opt(st, 8, e->message);
+        if (step_done(c, st, op)) return;
+    }
+    const struct session_update *u = op->update;
+    if (!u) return;
+    st = conn_stmt(
+        c, "UPDATE sessions SET status = CASE WHEN ?2 THEN ?3 ELSE status END,"
+           " outcome = CASE WHEN ?4 THEN ?5 ELSE outcome END,"
+           " turn_id = CASE WHEN ?6 IS NULL THEN turn_id ELSE nullif(?6, '') END,"
+           " started_at = coalesce(started_at, ?7),"
+           " in_tokens = in_tokens + ?8, out_tokens = out_tokens + ?9,"
+           " cache_read_tokens = cache_read_tokens + ?10,"
+           " cache_creation_tokens = cache_creation_tokens + ?11,"
+           " preview = coalesce(preview, ?12), output_preview = coalesce(?13, output_preview),"
+           " last_activity_at = ?14, updated_at = max(?14, updated_at + 1), version = version + 1"
+           " WHERE id = ?1");
+    if (!st) {
+        fail(op, LD_E_STORAGE, "Storage error");
+        return;
+    }
+    bind_text(st, 1, op->id);
+    sqlite3_bind_int(st, 2, u->set_status);
+    sqlite3_bind_int(st, 3, u->status);
+    sqlite3_bind_int(st, 4, u->set_outcome);
+    sqlite3_bind_int(st, 5, u->outcome);
+    if (u->turn_id) bind_text(st, 6, u->turn_id);
+    if (u->started_at) sqlite3_bind_int64(st, 7, u->started_at);
+    sqlite3_bind_int64(st, 8, u->add_in);
+    sqlite3_bind_int64(st, 9, u->add_out);
+    sqlite3_bind_int64(st, 10, u->add_cache_read);
+    sqlite3_bind_int64(st, 11, u->add_cache_creation);
+    bind_text_opt(st, 12, u->preview);
+    bind_text_opt(st, 13, u->output_preview);
+    sqlite3_bind_int64(st, 14, u->now);
+    step_done(c, st, op);
+}
+
 void ops_run(struct conn *c, struct store_op *op)
 {
     switch (op->kind) {
@@ -305,6 +361,9 @@ void ops_run(struct conn *c, struct store_op *op)
         break;
     case SOP_AGENT_ARCHIVE:
         agent_archive(c, op);
+        break;
+    case SOP_EVENTS_APPEND:
+        events_append(c, op);
         break;
     case SOP_NOOP:
         break;

@@ -72,6 +72,21 @@ static const char *const migrations[] = {
     "  fingerprint TEXT NOT NULL, status INTEGER NOT NULL, body TEXT NOT NULL,"
     "  created_at INTEGER NOT NULL, PRIMARY KEY(org_id, key)) WITHOUT ROWID;"
     "CREATE INDEX idempotency_created ON idempotency(created_at);",
+    /* 2: the event log.  Append-only: each session's events are numbered
+     * from 1 with no gaps (the loop assigns, the writer commits in order).
+     * `body` is the whole Event JSON as sent; `message` the Message JSON of
+     * events that carry one (input.message, output.message.completed,
+     * tool.completed), from which GET .../messages is rebuilt. */
+    "CREATE TABLE events(session_id TEXT NOT NULL, sequence INTEGER NOT NULL,"
+    "  id TEXT NOT NULL UNIQUE, type TEXT NOT NULL, ts INTEGER NOT NULL, turn_id TEXT,"
+    "  body TEXT NOT NULL, message TEXT, PRIMARY KEY(session_id, sequence)) WITHOUT ROWID;"
+    "CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN"
+    "  SELECT RAISE(ABORT, 'events are immutable');"
+    "END;"
+    "CREATE TRIGGER sessions_ad_events AFTER DELETE ON sessions BEGIN"
+    "  DELETE FROM events WHERE session_id = old.id;"
+    "END;"
+    "ALTER TABLE sessions ADD COLUMN turn_id TEXT;",
 };
 #define NMIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))
 

@@ -63,6 +63,11 @@ long store_pending(struct store *st)
     return writer_pending(st->w);
 }
 
+void store_flush(struct store *st)
+{
+    writer_flush(st->w);
+}
+
 void store_quiesce(struct store *st)
 {
     writer_quiesce(st->w);
@@ -731,6 +736,114 @@ enum ld_err store_idem_get(struct store *st, const char *org_id, const char *key
     }
     sqlite3_reset(s);
     return e;
+}
+
+int64_t store_events_max_seq(struct store *st, const char *session_id)
+{
+    sqlite3_stmt *s =
+        conn_stmt(&st->rd, "SELECT coalesce(max(sequence), 0) FROM events WHERE session_id = ?");
+    if (!s) return 0;
+    bind_text(s, 1, session_id);
+    int64_t v = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+    sqlite3_reset(s);
+    return v;
+}
+
+enum ld_err store_event_seq(struct store *st, const char *session_id, const char *event_id,
+                            int64_t *seq)
+{
+    sqlite3_stmt *s =
+        conn_stmt(&st->rd, "SELECT sequence FROM events WHERE id = ? AND session_id = ?");
+    if (!s) return LD_E_STORAGE;
+    bind_text(s, 1, event_id);
+    bind_text(s, 2, session_id);
+    enum ld_err e = LD_E_NOT_FOUND;
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        *seq = sqlite3_column_int64(s, 0);
+        e = LD_OK;
+    }
+    sqlite3_reset(s);
+    return e;
+}
+
+static void read_event(sqlite3_stmt *s, struct arena *a, struct event_rec *e)
+{
+    memset(e, 0, sizeof(*e));
+    e->seq = sqlite3_column_int64(s, 0);
+    col_copy(s, 1, e->id, sizeof(e->id));
+    e->type = col_text(s, 2, a);
+    e->ts = sqlite3_column_int64(s, 3);
+    e->turn_id = col_text(s, 4, a);
+    e->body = col_text(s, 5, a);
+    e->message = col_text(s, 6, a);
+}
+
+enum ld_err store_events_page(struct store *st, const char *session_id, int64_t after, int64_t upto,
+                              long limit, int last, struct arena *a, struct event_rec **rows,
+                              int *n)
+{
+    /* `last`: the newest `limit` rows, read backwards then reversed */
+    sqlite3_stmt *s = conn_stmt(
+        &st->rd, last ? "SELECT sequence, id, type, ts, turn_id, body, message FROM events"
+                        " WHERE session_id = ?1 AND sequence > ?2 AND (?3 = 0 OR sequence <= ?3)"
+                        " ORDER BY sequence DESC LIMIT ?4"
+                      : "SELECT sequence, id, type, ts, turn_id, body, message FROM events"
+                        " WHERE session_id = ?1 AND sequence > ?2 AND (?3 = 0 OR sequence <= ?3)"
+                        " ORDER BY sequence LIMIT ?4");
+    if (!s) return LD_E_STORAGE;
+    bind_text(s, 1, session_id);
+    sqlite3_bind_int64(s, 2, after);
+    sqlite3_bind_int64(s, 3, upto);
+    sqlite3_bind_int64(s, 4, limit);
+    *rows = arena_alloc(a, sizeof(struct event_rec) * (size_t)(limit > 0 ? limit : 1));
+    *n = 0;
+    while (*n < limit && sqlite3_step(s) == SQLITE_ROW)
+        read_event(s, a, &(*rows)[(*n)++]);
+    sqlite3_reset(s);
+    if (last)
+        for (int i = 0, j = *n - 1; i < j; i++, j--) {
+            struct event_rec t = (*rows)[i];
+            (*rows)[i] = (*rows)[j];
+            (*rows)[j] = t;
+        }
+    return LD_OK;
+}
+
+enum ld_err store_messages(struct store *st, const char *session_id,
+                           void (*fn)(const char *json, void *ud), void *ud)
+{
+    sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT message FROM events WHERE session_id = ?"
+                                         " AND message IS NOT NULL ORDER BY sequence");
+    if (!s) return LD_E_STORAGE;
+    bind_text(s, 1, session_id);
+    while (sqlite3_step(s) == SQLITE_ROW)
+        fn((const char *)sqlite3_column_text(s, 0), ud);
+    sqlite3_reset(s);
+    return LD_OK;
+}
+
+void store_sessions_running(struct store *st, struct arena *a, struct session_rec **rows, int *n)
+{
+    static char sql[1024];
+    if (!sql[0])
+        snprintf(sql, sizeof(sql), "%s WHERE s.status IN (%d, %d) AND ?1 IS NOT NULL",
+                 session_select(), SS_ACTIVE, SS_WAITING);
+    *n = 0;
+    int cap = 64;
+    *rows = arena_alloc(a, sizeof(struct session_rec) * (size_t)cap);
+    sqlite3_stmt *s = conn_stmt(&st->rd, sql);
+    if (!s) return;
+    bind_text(s, 1, "");
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        if (*n == cap) {
+            struct session_rec *g = arena_alloc(a, sizeof(struct session_rec) * (size_t)cap * 2);
+            memcpy(g, *rows, sizeof(struct session_rec) * (size_t)cap);
+            *rows = g;
+            cap *= 2;
+        }
+        read_session(s, a, &(*rows)[(*n)++]);
+    }
+    sqlite3_reset(s);
 }
 
 void store_idem_expire(struct store *st, int64_t before_us)

@@ -48,6 +48,7 @@ enum ld_err writer_submit(struct writer *w, struct store_op *op);
 void writer_drain(struct writer *w);
 long writer_pending(struct writer *w);
 void writer_quiesce(struct writer *w);
+void writer_flush(struct writer *w);
 void writer_metrics(struct writer *w, struct store_metrics *m);
 
 /* the SQL each op runs (store/ops.c), inside a SAVEPOINT on the writer */
@@ -59,8 +60,8 @@ void ops_run(struct conn *c, struct store_op *op);
     "s.owner_user_id, s.model_id, s.agent_identity_id, s.title, s.goal, s.locale, s.preview, "     \
     "s.output_preview, s.tags, s.extra, s.features, s.singleton_key, s.status, s.outcome, "        \
     "s.source, s.created_at, s.updated_at, s.started_at, s.last_activity_at, s.in_tokens, "        \
-    "s.out_tokens, s.cache_read_tokens, s.cache_creation_tokens, s.version"
-#define SESSION_NCOLS 30
+    "s.out_tokens, s.cache_read_tokens, s.cache_creation_tokens, s.version, s.turn_id"
+#define SESSION_NCOLS 31
 void read_session(sqlite3_stmt *s, struct arena *a, struct session_rec *r);
 
 #endif

@@ -31,6 +31,29 @@ enum store_op_kind {
     SOP_AGENT_UPDATE,       /* agent (full new row; if_match version) */
     SOP_AGENT_ARCHIVE,      /* org_id, id */
     SOP_NOOP,               /* commits nothing; for tests of the queue */
+    SOP_EVENTS_APPEND,      /* id (session), events[], optional update */
+};
+
+/* One event of the log, as stored. */
+struct event_rec {
+    int64_t seq;
+    char id[ID_MAX];
+    const char *type;
+    const char *turn_id; /* NULL if none */
+    int64_t ts;          /* µs */
+    const char *body;    /* the Event JSON */
+    const char *message; /* the Message JSON, or NULL */
+};
+
+/* Session columns a turn changes with its events; 0/NULL = unchanged. */
+struct session_update {
+    int set_status, status;
+    int set_outcome, outcome;
+    const char *turn_id; /* "" clears */
+    int64_t started_at;  /* set if not yet set */
+    int64_t add_in, add_out, add_cache_read, add_cache_creation;
+    const char *preview, *output_preview; /* preview only if unset */
+    int64_t now;
 };
 
 struct idem_rec {
@@ -54,6 +77,9 @@ struct store_op {
     struct idem_rec *idem; /* inserted in the same transaction, if set */
     int flag;
     int64_t if_match;
+    struct event_rec *events;
+    int nevents;
+    struct session_update *update;
 
     /* results */
     enum ld_err err;
@@ -75,6 +101,9 @@ void store_drain(struct store *st);
 long store_pending(struct store *st);
 /* Stops taking ops; returns when the writer has finished all queued ones. */
 void store_quiesce(struct store *st);
+/* Waits until every queued op is committed and runs their `done` (only
+ * before the loop runs, e.g. recovery at start). */
+void store_flush(struct store *st);
 
 /* metrics: histogram of batch sizes (ops per commit) */
 #define STORE_BATCH_BUCKETS 8
@@ -138,6 +167,23 @@ enum ld_err store_harness_list(struct store *st, const char *org_id, const char 
 
 enum ld_err store_idem_get(struct store *st, const char *org_id, const char *key, struct arena *a,
                            struct idem_rec *out);
+
+/* ---- the event log ---- */
+/* Highest sequence stored for the session (0 if none). */
+int64_t store_events_max_seq(struct store *st, const char *session_id);
+/* The sequence of an event of that session; LD_E_NOT_FOUND if none. */
+enum ld_err store_event_seq(struct store *st, const char *session_id, const char *event_id,
+                            int64_t *seq);
+/* Up to `limit` events with after < sequence <= upto (upto 0 = no bound),
+ * ascending (or the LAST `limit` of them when `last` is set). */
+enum ld_err store_events_page(struct store *st, const char *session_id, int64_t after, int64_t upto,
+                              long limit, int last, struct arena *a, struct event_rec **rows,
+                              int *n);
+/* Messages (in event order), calling fn with each Message JSON. */
+enum ld_err store_messages(struct store *st, const char *session_id,
+                           void (*fn)(const char *json, void *ud), void *ud);
+/* Sessions whose status says a turn runs (active, waiting): for recovery. */
+void store_sessions_running(struct store *st, struct arena *a, struct session_rec **rows, int *n);
 
 /* Deletes idempotency records older than `before_us` (housekeeping). */
 void store_idem_expire(struct store *st, int64_t before_us);

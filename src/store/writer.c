@@ -295,6 +295,15 @@ long writer_pending(struct writer *w)
     return n;
 }
 
+void writer_flush(struct writer *w)
+{
+    pthread_mutex_lock(&w->mu);
+    while (w->head || w->running)
+        pthread_cond_wait(&w->idle, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+    writer_drain(w);
+}
+
 void writer_quiesce(struct writer *w)
 {
     pthread_mutex_lock(&w->mu);

@@ -1,0 +1,428 @@
+/*
+ * messages.c — /v1/sessions/{id}/messages, /events and /cancel
+ * (reference sections 12, 14, 15).  Messages are rebuilt from the event
+ * log; posting one appends input.message and starts (or steers) a turn,
+ * and the 201 leaves once the input is durable.
+ */
+#include "api/api.h"
+#include "engine/engine.h"
+#include "limits.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int load_session(struct req *r, struct session_rec *s)
+{
+    if (path_id(r, 0, "session", "session")) return -1;
+    enum ld_err e =
+        store_session_get(r->st, r->who.org_id, r->params[0], r->who.user_id, &r->arena, s);
+    if (e != LD_OK) {
+        reply_problem(r, e, e == LD_E_NOT_FOUND ? "Session not found" : "Storage error");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- POST messages ---- */
+
+static void posted(void *ud, enum ld_err err, const char *detail, const char *msg,
+                   const char *delivery)
+{
+    struct req *r = ud;
+    if (err != LD_OK) {
+        reply_problem(r, err, "%s", detail && *detail ? detail : "The message was not stored");
+        return;
+    }
+    struct buf b;
+    buf_init(&b, LD_MAX_RESPONSE);
+    size_t n = strlen(msg);
+    buf_add(&b, msg, n - 1); /* the Message object, plus its delivery */
+    buf_printf(&b, ",\"delivery\":\"%s\"}", delivery);
+    reply_json(r, strcmp(delivery, "duplicate") == 0 ? 200 : 201, &b);
+}
+
+static int uuid_valid(const char *s)
+{
+    if (strlen(s) != 36) return 0;
+    for (int i = 0; i < 36; i++) {
+        char c = s[i];
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (c != '-') return 0;
+        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* checks the content parts; returns the joined text (arena) or NULL after a 400 */
+static const char *check_content(struct req *r, json_t *content)
+{
+    if (!json_is_array(content) || json_array_size(content) == 0 ||
+        json_array_size(content) > 100) {
+        reply_problem(r, LD_E_BAD_REQUEST, "message.content: expected 1 to 100 content parts");
+        return NULL;
+    }
+    struct buf text;
+    buf_init(&text, LD_MAX_BODY_BOUND);
+    size_t i;
+    json_t *part;
+    json_array_foreach(content, i, part)
+    {
+        const char *type =
+            json_is_object(part) ? json_string_value(json_object_get(part, "type")) : NULL;
+        if (!type) {
+            reply_problem(r, LD_E_BAD_REQUEST, "message.content[%zu].type: expected a string", i);
+            buf_free(&text);
+            return NULL;
+        }
+        if (strcmp(type, "text") == 0) {
+            json_t *t = json_object_get(part, "text");
+            if (!json_is_string(t)) {
+                reply_problem(r, LD_E_BAD_REQUEST, "message.content[%zu].text: expected a string",
+                              i);
+                buf_free(&text);
+                return NULL;
+            }
+            if (text.len) buf_putc(&text, '\n');
+            buf_add(&text, json_string_value(t), json_string_length(t));
+        } else if (strcmp(type, "image") != 0 && strcmp(type, "image_file") != 0) {
+            reply_problem(r, LD_E_BAD_REQUEST,
+                          "message.content[%zu].type: must be text, image or image_file", i);
+            buf_free(&text);
+            return NULL;
+        }
+    }
+    const char *out = arena_strdup(&r->arena, text.data ? text.data : "");
+    buf_free(&text);
+    return out;
+}
+
+static const char *dump(struct req *r, json_t *v)
+{
+    char *d = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    const char *s = arena_strdup(&r->arena, d);
+    free(d);
+    return s;
+}
+
+void h_messages_post(struct req *r)
+{
+    struct session_rec s;
+    if (load_session(r, &s)) return;
+    json_t *body = body_object(r, 0);
+    if (!body) return;
+    struct engine_input in;
+    memset(&in, 0, sizeof(in));
+    json_t *m = json_object_get(body, "message");
+    if (!json_is_object(m)) {
+        reply_problem(r, LD_E_BAD_REQUEST, "message: expected an object {role, content}");
+        goto out;
+    }
+    json_t *role = json_object_get(m, "role");
+    if (role && !json_is_null(role) &&
+        (!json_is_string(role) || strcmp(json_string_value(role), "user") != 0)) {
+        reply_problem(r, LD_E_BAD_REQUEST, "message.role: only \"user\" messages can be posted");
+        goto out;
+    }
+    json_t *content = json_object_get(m, "content");
+    if (!(in.text = check_content(r, content))) goto out;
+    in.content = dump(r, content);
+    json_t *controls = json_object_get(body, "controls");
+    if (controls && !json_is_null(controls)) {
+        if (!json_is_object(controls)) {
+            reply_problem(r, LD_E_BAD_REQUEST, "controls: expected an object");
+            goto out;
+        }
+        const char *model = json_string_value(json_object_get(controls, "model_id"));
+        if (json_object_get(controls, "model_id") &&
+            !json_is_null(json_object_get(controls, "model_id")) && !model) {
+            reply_problem(r, LD_E_BAD_REQUEST, "controls.model_id: expected a string");
+            goto out;
+        }
+        json_t *hints = json_object_get(controls, "hints");
+        if (hints && !json_is_null(hints) && !json_is_object(hints)) {
+            reply_problem(r, LD_E_BAD_REQUEST, "controls.hints: expected an object");
+            goto out;
+        }
+        json_t *sim = json_object_get(hints, "llmsim");
+        if (json_is_object(sim)) in.hints = dump(r, sim);
+        in.controls = dump(r, controls);
+    }
+    json_t *meta = json_object_get(body, "metadata");
+    if (meta && !json_is_null(meta)) {
+        if (!json_is_object(meta)) {
+            reply_problem(r, LD_E_BAD_REQUEST, "metadata: expected an object");
+            goto out;
+        }
+        in.metadata = dump(r, meta);
+    }
+    const char *cid = NULL;
+    if (field_str(r, body, "client_message_id", 64, &cid) < 0) goto out;
+    if (cid && !uuid_valid(cid)) {
+        reply_problem(r, LD_E_BAD_REQUEST, "client_message_id: expected a UUID");
+        goto out;
+    }
+    in.client_message_id = cid;
+    /* the engine may answer at once (a duplicate): suspend only if not */
+    engine_post_message(r->eng, &s, &in, posted, r);
+    if (!r->resp) req_suspend(r);
+out:
+    json_decref(body);
+}
+
+/* ---- GET messages ---- */
+
+struct list_ctx {
+    struct buf *b;
+    int n;
+};
+
+static void add_msg(const char *json, void *ud)
+{
+    struct list_ctx *c = ud;
+    if (c->n++) buf_putc(c->b, ',');
+    buf_puts(c->b, json);
+}
+
+void h_messages_list(struct req *r)
+{
+    struct session_rec s;
+    if (load_session(r, &s)) return;
+    struct buf arr;
+    buf_init(&arr, LD_MAX_RESPONSE);
+    struct list_ctx c = {&arr, 0};
+    buf_putc(&arr, '[');
+    if (store_messages(r->st, s.id, add_msg, &c) != LD_OK) {
+        buf_free(&arr);
+        reply_problem(r, LD_E_STORAGE, "Storage error");
+        return;
+    }
+    buf_putc(&arr, ']');
+    struct buf b;
+    buf_init(&b, LD_MAX_RESPONSE);
+    buf_puts(&b, "{\"data\":");
+    buf_add(&b, arr.data, arr.len);
+    buf_puts(&b, ",\"messages\":");
+    buf_add(&b, arr.data, arr.len);
+    buf_putc(&b, '}');
+    buf_free(&arr);
+    reply_json(r, 200, &b);
+}
+
+/* ---- event filters (shared with SSE) ---- */
+
+static const char *const event_types[] = {
+    "input.message",
+    "output.message.started",
+    "output.message.delta",
+    "output.message.completed",
+    "output.message.replaced",
+    "turn.started",
+    "turn.completed",
+    "turn.failed",
+    "turn.sealed",
+    "turn.cancelled",
+    "reason.started",
+    "reason.completed",
+    "reason.recovered",
+    "reason.thinking.started",
+    "reason.thinking.delta",
+    "reason.thinking.completed",
+    "reason.item",
+    "act.started",
+    "act.completed",
+    "tool.started",
+    "tool.completed",
+    "tool.progress",
+    "tool.output.delta",
+    "tool.call_requested",
+    "tool.call_repaired",
+    "transcript.repaired",
+    "llm.generation",
+    "session.started",
+    "session.activated",
+    "session.idled",
+    "schedule.triggered",
+    "context.compacting",
+    "context.compacted",
+    "budget.warning",
+    "budget.paused",
+    "budget.exhausted",
+    "budget.resumed",
+    "file.written",
+    "capability.usage",
+};
+
+int event_type_known(const char *t)
+{
+    for (size_t i = 0; i < sizeof(event_types) / sizeof(*event_types); i++)
+        if (strcmp(event_types[i], t) == 0) return 1;
+    return 0;
+}
+
+#define MAX_TYPE_FILTER 25
+
+int event_filter_parse(struct req *r, struct event_filter *f)
+{
+    memset(f, 0, sizeof(*f));
+    const char *names[2] = {"types", "exclude"};
+    for (int k = 0; k < 2; k++) {
+        const char **out = k ? f->exclude : f->types;
+        int n = req_query_all(r, names[k], out, MAX_TYPE_FILTER);
+        if (n > MAX_TYPE_FILTER) {
+            reply_problem(r, LD_E_BAD_REQUEST, "%s: too many values (%d, max %d)", names[k], n,
+                          MAX_TYPE_FILTER);
+            return -1;
+        }
+        for (int i = 0; i < n; i++)
+            if (!event_type_known(out[i])) {
+                reply_problem(r, LD_E_BAD_REQUEST, "%s: unknown event type '%.64s'", names[k],
+                              out[i]);
+                return -1;
+            }
+        if (k)
+            f->nexclude = n;
+        else
+            f->ntypes = n;
+    }
+    return 0;
+}
+
+int event_filter_match(const struct event_filter *f, const char *type)
+{
+    if (f->ntypes) {
+        int hit = 0;
+        for (int i = 0; i < f->ntypes; i++)
+            if (strcmp(f->types[i], type) == 0) hit = 1;
+        if (!hit) return 0;
+    }
+    for (int i = 0; i < f->nexclude; i++)
+        if (strcmp(f->exclude[i], type) == 0) return 0;
+    return 1;
+}
+
+/* since_id (or Last-Event-ID for SSE): the sequence to start after */
+int event_cursor(struct req *r, const char *session_id, int sse, int64_t *after)
+{
+    *after = 0;
+    const char *since = req_query(r, "since_id");
+    if ((!since || !*since) && sse) since = req_header(r, "Last-Event-ID");
+    if (!since || !*since) return 0;
+    char why[160];
+    if (id_check("event", since, why, sizeof(why))) {
+        reply_problem(r, LD_E_BAD_REQUEST, "since_id: Invalid event ID: %s", why);
+        return -1;
+    }
+    enum ld_err e = store_event_seq(r->st, session_id, since, after);
+    if (e == LD_E_NOT_FOUND) {
+        reply_problem(r, LD_E_NOT_FOUND, "since_id: no such event in this session");
+        return -1;
+    }
+    if (e != LD_OK) {
+        reply_problem(r, e, "Storage error");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- GET events ---- */
+
+void h_events_list(struct req *r)
+{
+    struct session_rec s;
+    if (load_session(r, &s)) return;
+    struct event_filter f;
+    if (event_filter_parse(r, &f)) return;
+    int64_t after;
+    if (event_cursor(r, s.id, 0, &after)) return;
+    long limit = 0;
+    const char *l = req_query(r, "limit");
+    if (l) {
+        char *end;
+        limit = strtol(l, &end, 10);
+        if (*end || limit < 1 || limit > 1000) {
+            reply_problem(r, LD_E_BAD_REQUEST, "limit: must be a whole number from 1 to 1000");
+            return;
+        }
+    }
+    const char *as = req_query(r, "after_sequence");
+    if (as) {
+        char *end;
+        long long v = strtoll(as, &end, 10);
+        if (*end || v < 0) {
+            reply_problem(r, LD_E_BAD_REQUEST, "after_sequence: must be a whole number >= 0");
+            return;
+        }
+        if (v > after) after = v;
+    }
+    struct buf b;
+    buf_init(&b, LD_MAX_RESPONSE);
+    buf_puts(&b, "{\"data\":[");
+    int n_out = 0;
+    int64_t total = 0;
+    /* walk the log in pages; keep the last `limit` matches when limited */
+    struct event_rec *keep = NULL;
+    int nkeep = 0, capkeep = 0;
+    for (int64_t cur = after;;) {
+        struct event_rec *rows;
+        int n;
+        if (store_events_page(r->st, s.id, cur, 0, 500, 0, &r->arena, &rows, &n) != LD_OK) {
+            buf_free(&b);
+            reply_problem(r, LD_E_STORAGE, "Storage error");
+            return;
+        }
+        for (int i = 0; i < n; i++) {
+            cur = rows[i].seq;
+            if (!event_filter_match(&f, rows[i].type)) continue;
+            if (strcmp(rows[i].type, "output.message.delta") != 0) total++;
+            if (!limit) {
+                if (n_out++) buf_putc(&b, ',');
+                buf_puts(&b, rows[i].body);
+                continue;
+            }
+            if (nkeep == capkeep) {
+                capkeep = capkeep ? capkeep * 2 : 64;
+                struct event_rec *g = arena_alloc(&r->arena, sizeof(*g) * (size_t)capkeep);
+                if (nkeep) memcpy(g, keep, sizeof(*g) * (size_t)nkeep);
+                keep = g;
+            }
+            keep[nkeep++] = rows[i];
+        }
+        if (n < 500 || b.overflow) break;
+    }
+    if (limit)
+        for (int i = nkeep > limit ? nkeep - (int)limit : 0; i < nkeep; i++) {
+            if (n_out++) buf_putc(&b, ',');
+            buf_puts(&b, keep[i].body);
+        }
+    buf_puts(&b, "]}");
+    char tc[24];
+    snprintf(tc, sizeof(tc), "%lld", (long long)total);
+    struct reply_header h = {"X-Total-Count", tc};
+    reply_json_h(r, 200, &b, &h, 1);
+}
+
+/* ---- cancel ---- */
+
+static void cancelled(void *ud, enum ld_err err, int did)
+{
+    struct req *r = ud;
+    if (err != LD_OK) {
+        reply_problem(r, err, "The cancel could not be stored");
+        return;
+    }
+    struct buf b;
+    buf_init(&b, 256);
+    buf_puts(&b, did ? "{\"status\":\"cancelled\",\"message\":\"Turn cancelled successfully\"}"
+                     : "{\"status\":\"no_op\",\"message\":\"No turn currently running\"}");
+    reply_json(r, 200, &b);
+}
+
+void h_session_cancel(struct req *r)
+{
+    struct session_rec s;
+    if (load_session(r, &s)) return;
+    engine_cancel(r->eng, &s, cancelled, r);
+    if (!r->resp) req_suspend(r);
+}

@@ -1,0 +1,880 @@
+/*
+ * engine.c — live sessions, event batches and the turn state machine.
+ *
+ * DESIGN
+ *  - A `live` record exists for a session while it has a turn, a
+ *    subscriber or writes in flight; it holds the next sequence (loaded
+ *    from the log once) and the turn.  All of it belongs to the loop.
+ *  - Events are appended in batches: one store op carries the events of a
+ *    step and the session columns they change.  Writer order is FIFO, so
+ *    sequences commit in order; `done` then hands each event to the
+ *    subscribers and lets the turn go on.
+ *  - Turn states (one writer: turn_set):
+ *
+ *      STARTING --commit--> THINKING --(latency: deltas on timers)--> FINISHING
+ *          |                    |                                        |
+ *          |                    +--fail--> FINISHING (turn.failed)       |
+ *          +--------- cancel (any state before FINISHING) --> CANCELLED  |
+ *                                                 FINISHING --commit--> DONE
+ *
+ *    STARTING  -> THINKING   [step_start]  input, activation committed
+ *    THINKING  -> FINISHING  [step_finish] last batch (answer, completion) queued
+ *    *         -> CANCELLED  [engine_cancel]
+ *    FINISHING -> DONE       [finished]    idle committed; a queued message
+ *                                           starts the next turn
+ *  - Commits per plain turn with llmsim at zero latency: two (the input
+ *    with the activation; the answer with the completion).
+ *  - Messages while a turn runs: before FINISHING they are steered into it
+ *    (it makes one more model call that sees them); during FINISHING they
+ *    are queued and start the next turn as soon as the idle is durable.
+ */
+#include "engine/engine.h"
+#include "core/builtins.h"
+#include "limits.h"
+#include "llm/sim.h"
+#include "log.h"
+#include "loop.h"
+#include "util/buf.h"
+#include "util/timeutil.h"
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum turn_state { T_STARTING, T_THINKING, T_FINISHING, T_CANCELLED, T_DONE };
+
+struct live;
+
+struct turn {
+    struct live *ls;
+    int state;
+    char id[ID_MAX];
+    char input_msg_id[ID_MAX];
+    char out_msg_id[ID_MAX];
+    int iteration;
+    int64_t started_mono;
+    int64_t in_tokens, out_tokens;
+    struct arena arena; /* the plan's strings */
+    struct sim_plan plan;
+    int delta_i;
+    struct buf acc; /* accumulated answer */
+    struct loop_timer *timer;
+    int refs; /* batches in flight that point here */
+};
+
+struct live {
+    struct live *next; /* hash chain */
+    char id[ID_MAX];
+    char org_id[ID_MAX];
+    char harness_id[ID_MAX];
+    char agent_id[ID_MAX];
+    char model_id[ID_MAX];
+    int64_t next_seq;
+    int64_t committed_seq;
+    int64_t in_tokens, out_tokens, cache_read, cache_creation; /* cumulative */
+    struct turn *turn;
+    int steered; /* messages taken while thinking */
+    int queued;  /* messages waiting for the next turn */
+    char queued_msg_id[ID_MAX];
+    char *last_text; /* newest user text, for the model */
+    char *last_hints;
+    int inflight; /* batches not yet committed */
+    struct engine_sub *subs;
+};
+
+#define LIVE_BUCKETS 4096
+
+struct engine {
+    struct store *st;
+    struct loop *loop;
+    struct live *buckets[LIVE_BUCKETS];
+    long running;
+};
+
+/* one batch of events = one store op */
+struct batch {
+    struct store_op op;
+    struct arena arena;
+    struct engine *e;
+    struct live *ls;
+    struct turn *turn;
+    struct event_rec ev[24];
+    struct session_update upd;
+    void (*then)(struct batch *b); /* after commit and fan-out */
+    void *cb;                      /* the API's callback */
+    void *cb_ud;
+    const char *reply_msg; /* message JSON for engine_msg_fn */
+    const char *delivery;
+};
+
+static unsigned hash_id(const char *s)
+{
+    unsigned h = 2166136261u;
+    while (*s)
+        h = (h ^ (unsigned char)*s++) * 16777619u;
+    return h % LIVE_BUCKETS;
+}
+
+static struct live *live_find(struct engine *e, const char *id)
+{
+    for (struct live *l = e->buckets[hash_id(id)]; l; l = l->next)
+        if (strcmp(l->id, id) == 0) return l;
+    return NULL;
+}
+
+static struct live *live_get(struct engine *e, const struct session_rec *s)
+{
+    struct live *l = live_find(e, s->id);
+    if (l) return l;
+    l = xcalloc(1, sizeof(*l));
+    snprintf(l->id, sizeof(l->id), "%s", s->id);
+    snprintf(l->org_id, sizeof(l->org_id), "%s", s->org_id);
+    snprintf(l->harness_id, sizeof(l->harness_id), "%s", s->harness_id);
+    snprintf(l->agent_id, sizeof(l->agent_id), "%s", s->agent_id);
+    snprintf(l->model_id, sizeof(l->model_id), "%s", s->model_id);
+    l->committed_seq = store_events_max_seq(e->st, s->id);
+    l->next_seq = l->committed_seq + 1;
+    l->in_tokens = s->in_tokens;
+    l->out_tokens = s->out_tokens;
+    l->cache_read = s->cache_read_tokens;
+    l->cache_creation = s->cache_creation_tokens;
+    unsigned h = hash_id(s->id);
+    l->next = e->buckets[h];
+    e->buckets[h] = l;
+    return l;
+}
+
+/* Frees a live record nobody needs; the log on disk is the truth. */
+static void live_maybe_free(struct engine *e, struct live *l)
+{
+    if (l->turn || l->subs || l->inflight || l->queued) return;
+    for (struct live **p = &e->buckets[hash_id(l->id)]; *p; p = &(*p)->next)
+        if (*p == l) {
+            *p = l->next;
+            free(l->last_text);
+            free(l->last_hints);
+            free(l);
+            return;
+        }
+}
+
+/* ---- events ---- */
+
+static struct batch *batch_new(struct engine *e, struct live *ls, struct turn *t)
+{
+    struct batch *b = xcalloc(1, sizeof(*b));
+    arena_init(&b->arena);
+    b->e = e;
+    b->ls = ls;
+    b->turn = t;
+    if (t) t->refs++;
+    b->op.kind = SOP_EVENTS_APPEND;
+    b->op.arena = &b->arena;
+    b->op.id = ls->id;
+    b->op.org_id = ls->org_id;
+    b->op.events = b->ev;
+    b->op.update = &b->upd;
+    b->op.ud = b;
+    b->upd.now = time_now_us();
+    return b;
+}
+
+static void ms_time(int64_t us, char out[32])
+{
+    time_format(us, out, 32); /* 2026-05-27T15:24:01.512345Z -> .512Z */
+    out[23] = 'Z';
+    out[24] = 0;
+}
+
+/* Appends an event; data is a JSON object text; message (or NULL) is a
+ * Message JSON text written with "%SEQ%" where its sequence goes. */
+static struct event_rec *emit(struct batch *b, const char *type, const char *data,
+                              const char *message)
+{
+    if (b->op.nevents == (int)(sizeof(b->ev) / sizeof(b->ev[0]))) abort(); /* a bug */
+    struct event_rec *ev = &b->ev[b->op.nevents++];
+    struct live *ls = b->ls;
+    ev->seq = ls->next_seq++;
+    id_new("event", ev->id);
+    ev->type = type;
+    ev->ts = time_now_us();
+    struct turn *t = b->turn;
+    ev->turn_id = t ? t->id : NULL;
+    char ts[32];
+    ms_time(ev->ts, ts);
+    struct buf o;
+    buf_init(&o, LD_MAX_RESPONSE);
+    struct jw w;
+    jw_init(&w, &o);
+    jw_obj(&w);
+    jw_kstr(&w, "id", ev->id);
+    jw_kstr(&w, "type", type);
+    jw_kstr(&w, "ts", ts);
+    jw_kstr(&w, "session_id", ls->id);
+    jw_ki64(&w, "sequence", ev->seq);
+    jw_key(&w, "context");
+    jw_obj(&w);
+    if (t) {
+        jw_kstr(&w, "turn_id", t->id);
+        jw_kstr(&w, "input_message_id", t->input_msg_id);
+    }
+    jw_end(&w);
+    jw_kraw(&w, "data", data);
+    jw_end(&w);
+    ev->body = arena_strdup(&b->arena, o.data);
+    buf_free(&o);
+    ev->message = message ? arena_strdup(&b->arena, message) : NULL;
+    return ev;
+}
+
+static void batch_done(struct store_op *op);
+
+static void batch_submit(struct batch *b)
+{
+    b->op.done = batch_done;
+    b->ls->inflight++;
+    if (store_submit(b->e->st, &b->op) != LD_OK) {
+        b->op.err = LD_E_UNAVAILABLE;
+        snprintf(b->op.detail, sizeof(b->op.detail), "The server is busy; retry shortly");
+        batch_done(&b->op);
+    }
+}
+
+static void turn_release(struct engine *e, struct turn *t);
+
+static void batch_done(struct store_op *op)
+{
+    struct batch *b = op->ud;
+    struct live *ls = b->ls;
+    ls->inflight--;
+    if (op->err == LD_OK) {
+        for (int i = 0; i < op->nevents; i++) {
+            ls->committed_seq = b->ev[i].seq;
+            for (struct engine_sub *s = ls->subs, *n; s; s = n) {
+                n = s->next; /* a subscriber may leave inside its callback */
+                s->on_event(s, &b->ev[i]);
+            }
+        }
+    } else {
+        /* the sequences of this batch were never stored: take them back so
+         * the log stays gapless (later batches of this session fail too,
+         * since the turn stops here) */
+        log_error("event commit failed", "session", ls->id, "err", op->detail, NULL);
+        if (op->nevents) ls->next_seq = b->ev[0].seq;
+    }
+    if (b->then) b->then(b);
+    struct turn *t = b->turn;
+    struct engine *e = b->e;
+    arena_free(&b->arena);
+    free(b);
+    if (t) turn_release(e, t);
+    live_maybe_free(e, ls);
+}
+
+/* ---- messages as JSON ---- */
+
+static const char *user_message(struct arena *a, const char *id, const char *session_id,
+                                int64_t seq, const char *content, const char *controls,
+                                const char *metadata, const char *client_id, int64_t ts)
+{
+    struct buf o;
+    buf_init(&o, LD_MAX_RESPONSE);
+    struct jw w;
+    jw_init(&w, &o);
+    jw_obj(&w);
+    jw_kstr(&w, "id", id);
+    jw_kstr(&w, "session_id", session_id);
+    jw_ki64(&w, "sequence", seq);
+    jw_kstr(&w, "role", "user");
+    jw_kraw(&w, "content", content);
+    if (controls) jw_kraw(&w, "controls", controls);
+    if (metadata) jw_kraw(&w, "metadata", metadata);
+    if (client_id) jw_kstr(&w, "client_message_id", client_id);
+    jw_ktime(&w, "created_at", ts);
+    jw_end(&w);
+    const char *r = arena_strdup(a, o.data);
+    buf_free(&o);
+    return r;
+}
+
+static const char *agent_message(struct arena *a, const char *id, const char *session_id,
+                                 int64_t seq, const char *text, int64_t ts)
+{
+    struct buf o;
+    buf_init(&o, LD_MAX_RESPONSE);
+    struct jw w;
+    jw_init(&w, &o);
+    jw_obj(&w);
+    jw_kstr(&w, "id", id);
+    jw_kstr(&w, "session_id", session_id);
+    jw_ki64(&w, "sequence", seq);
+    jw_kstr(&w, "role", "agent");
+    jw_key(&w, "content");
+    jw_arr(&w);
+    jw_obj(&w);
+    jw_kstr(&w, "type", "text");
+    jw_kstr(&w, "text", text);
+    jw_end(&w);
+    jw_end(&w);
+    jw_kstr(&w, "phase", "final_answer");
+    jw_ktime(&w, "created_at", ts);
+    jw_end(&w);
+    const char *r = arena_strdup(a, o.data);
+    buf_free(&o);
+    return r;
+}
+
+/* the message event's data: {"message": <msg>} */
+static const char *wrap_message(struct arena *a, const char *msg, const char *extra_members)
+{
+    struct buf o;
+    buf_init(&o, LD_MAX_RESPONSE);
+    buf_puts(&o, "{\"message\":");
+    buf_puts(&o, msg);
+    if (extra_members) {
+        buf_putc(&o, ',');
+        buf_puts(&o, extra_members);
+    }
+    buf_putc(&o, '}');
+    const char *r = arena_strdup(a, o.data);
+    buf_free(&o);
+    return r;
+}
+
+static void usage_json(struct buf *o, int64_t in, int64_t out)
+{
+    buf_printf(o, "{\"input_tokens\":%lld,\"output_tokens\":%lld}", (long long)in, (long long)out);
+}
+
+/* ---- turns ---- */
+
+static void turn_release(struct engine *e, struct turn *t)
+{
+    if (--t->refs > 0) return;
+    if (t->state != T_DONE && t->state != T_CANCELLED) return;
+    if (t->timer) loop_timer_cancel(e->loop, t->timer);
+    if (t->ls->turn == t) t->ls->turn = NULL;
+    buf_free(&t->acc);
+    arena_free(&t->arena);
+    free(t);
+    e->running--;
+}
+
+static void step_start(struct engine *e, struct turn *t);
+static void step_delta(void *ud);
+static void step_finish(struct engine *e, struct turn *t, struct batch *b);
+
+static struct turn *turn_new(struct engine *e, struct live *ls, const char *input_msg_id)
+{
+    struct turn *t = xcalloc(1, sizeof(*t));
+    t->ls = ls;
+    t->state = T_STARTING;
+    id_new("turn", t->id);
+    snprintf(t->input_msg_id, sizeof(t->input_msg_id), "%s", input_msg_id);
+    t->started_mono = time_mono_us();
+    t->refs = 1; /* the live record's reference, dropped at DONE */
+    arena_init(&t->arena);
+    buf_init(&t->acc, LD_MAX_RESPONSE);
+    ls->turn = t;
+    e->running++;
+    return t;
+}
+
+/* session.activated + turn.started into batch b (the turn is new) */
+static void emit_activation(struct batch *b, struct turn *t, int64_t now)
+{
+    char data[256];
+    snprintf(data, sizeof(data), "{\"turn_id\":\"%s\",\"input_message_id\":\"%s\"}", t->id,
+             t->input_msg_id);
+    emit(b, "session.activated", data, NULL);
+    emit(b, "turn.started", data, NULL);
+    b->upd.set_status = 1;
+    b->upd.status = SS_ACTIVE;
+    b->upd.turn_id = t->id;
+    b->upd.started_at = now;
+}
+
+static void abandon_turn(struct batch *b);
+
+static void after_activation(struct batch *b)
+{
+    if (b->op.err != LD_OK) {
+        abandon_turn(b);
+        return;
+    }
+    if (!b->turn || b->turn->state != T_STARTING) return;
+    step_start(b->e, b->turn);
+}
+
+static void delta_event(struct batch *b, struct turn *t, const char *delta)
+{
+    buf_puts(&t->acc, delta);
+    struct buf d;
+    buf_init(&d, LD_MAX_RESPONSE);
+    struct jw w;
+    jw_init(&w, &d);
+    jw_obj(&w);
+    jw_kstr(&w, "turn_id", t->id);
+    jw_kstr(&w, "message_id", t->out_msg_id);
+    jw_kstr(&w, "delta", delta);
+    jw_kstr(&w, "accumulated", t->acc.data ? t->acc.data : "");
+    jw_kstr(&w, "phase", "final_answer");
+    jw_end(&w);
+    emit(b, "output.message.delta", d.data, NULL);
+    buf_free(&d);
+}
+
+/* THINKING: plan the model call and open the answer */
+static void step_start(struct engine *e, struct turn *t)
+{
+    struct live *ls = t->ls;
+    t->state = T_THINKING;
+    t->iteration++;
+    t->delta_i = 0;
+    buf_reset(&t->acc);
+    ls->steered = 0;
+    size_t prompt = 256 + (ls->last_text ? strlen(ls->last_text) : 0);
+    sim_plan(ls->last_text ? ls->last_text : "", prompt, ls->last_hints, &t->arena, &t->plan);
+    id_new("message", t->out_msg_id);
+    struct batch *b = batch_new(e, ls, t);
+    char data[512];
+    snprintf(
+        data, sizeof(data),
+        "{\"harness_id\":\"%s\"%s%s%s,\"metadata\":{\"model\":\"llmsim\",\"model_id\":\"%s\"}}",
+        ls->harness_id, ls->agent_id[0] ? ",\"agent_id\":\"" : "", ls->agent_id,
+        ls->agent_id[0] ? "\"" : "", ls->model_id);
+    emit(b, "reason.started", data, NULL);
+    if (!t->plan.fail_code) {
+        snprintf(data, sizeof(data),
+                 "{\"turn_id\":\"%s\",\"message_id\":\"%s\",\"model\":\"llmsim\",\"iteration\":%d,"
+                 "\"phase\":\"final_answer\"}",
+                 t->id, t->out_msg_id, t->iteration);
+        emit(b, "output.message.started", data, NULL);
+    }
+    if (t->plan.latency_ms > 0) {
+        /* stream: this batch now, the deltas on timers, then the end */
+        batch_submit(b);
+        int n = t->plan.ndeltas ? t->plan.ndeltas : 1;
+        t->timer = loop_timer_add(e->loop, t->plan.latency_ms / n, step_delta, t);
+        return;
+    }
+    /* no latency: the whole model step and the turn's end share a commit */
+    for (int i = 0; i < t->plan.ndeltas; i++)
+        delta_event(b, t, t->plan.deltas[i]);
+    t->delta_i = t->plan.ndeltas;
+    step_finish(e, t, b);
+}
+
+static struct engine *g_engine; /* for timer callbacks: the one engine */
+
+static void step_delta(void *ud)
+{
+    struct turn *t = ud;
+    struct engine *e = g_engine;
+    t->timer = NULL;
+    if (t->state != T_THINKING) return;
+    if (t->plan.fail_code || t->delta_i >= t->plan.ndeltas) {
+        step_finish(e, t, NULL);
+        return;
+    }
+    struct batch *b = batch_new(e, t->ls, t);
+    delta_event(b, t, t->plan.deltas[t->delta_i++]);
+    batch_submit(b);
+    int n = t->plan.ndeltas ? t->plan.ndeltas : 1;
+    t->timer = loop_timer_add(e->loop, t->plan.latency_ms / n, step_delta, t);
+}
+
+static void finished(struct batch *b);
+
+/* The model call is over: the answer (or failure) and, unless messages
+ * were steered in meanwhile, the end of the turn. */
+static void step_finish(struct engine *e, struct turn *t, struct batch *b)
+{
+    struct live *ls = t->ls;
+    if (!b) b = batch_new(e, ls, t);
+    int64_t now = time_now_us();
+    int64_t dur = (time_mono_us() - t->started_mono) / 1000;
+    const struct sim_plan *p = &t->plan;
+    t->in_tokens += p->input_tokens;
+    t->out_tokens += p->output_tokens;
+    b->upd.add_in = p->input_tokens;
+    b->upd.add_out = p->output_tokens;
+    ls->in_tokens += p->input_tokens;
+    ls->out_tokens += p->output_tokens;
+    struct buf d;
+    buf_init(&d, LD_MAX_RESPONSE);
+    struct buf u;
+    buf_init(&u, 256);
+    usage_json(&u, p->input_tokens, p->output_tokens);
+    int64_t seq_next = ls->next_seq;
+    if (p->fail_code) {
+        buf_printf(&d,
+                   "{\"success\":false,\"has_tool_calls\":false,\"tool_call_count\":0,"
+                   "\"error\":\"%s\",\"duration_ms\":%lld}",
+                   p->fail_text, (long long)dur);
+        emit(b, "reason.completed", d.data, NULL);
+        /* the user-facing text, then the failure */
+        const char *msg =
+            agent_message(&b->arena, t->out_msg_id, ls->id, ls->next_seq,
+                          "Sorry, the model could not answer. Please try again.", now);
+        char extra[160];
+        snprintf(extra, sizeof(extra), "\"error_code\":\"%s\"", p->fail_code);
+        emit(b, "output.message.completed", wrap_message(&b->arena, msg, extra), msg);
+        buf_reset(&d);
+        buf_printf(&d, "{\"turn_id\":\"%s\",\"error\":\"%s\",\"error_code\":\"%s\"}", t->id,
+                   p->fail_text, p->fail_code);
+        emit(b, "turn.failed", d.data, NULL);
+        b->upd.set_outcome = 1;
+        b->upd.outcome = TO_FAILED;
+    } else {
+        const char *text = p->text;
+        /* llm.generation: the call, its output and usage */
+        buf_printf(&d, "{\"messages\":[");
+        buf_puts(&d, "],\"output\":{\"text\":");
+        buf_json_str(&d, text);
+        buf_printf(&d,
+                   ",\"tool_calls\":[]},\"metadata\":{\"model\":\"llmsim\",\"provider\":\"llmsim\","
+                   "\"usage\":%s,\"duration_ms\":%lld,\"success\":true}}",
+                   u.data, (long long)dur);
+        emit(b, "llm.generation", d.data, NULL);
+        const char *msg = agent_message(&b->arena, t->out_msg_id, ls->id, ls->next_seq, text, now);
+        buf_reset(&d);
+        buf_puts(&d, "\"metadata\":{\"model\":\"llmsim\"},\"usage\":");
+        buf_puts(&d, u.data);
+        emit(b, "output.message.completed", wrap_message(&b->arena, msg, d.data), msg);
+        buf_reset(&d);
+        buf_printf(&d,
+                   "{\"success\":true,\"has_tool_calls\":false,\"tool_call_count\":0,"
+                   "\"duration_ms\":%lld,\"usage\":%s,\"text_preview\":",
+                   (long long)dur, u.data);
+        buf_json_strn(&d, text, strlen(text) > 200 ? 200 : strlen(text));
+        buf_putc(&d, '}');
+        emit(b, "reason.completed", d.data, NULL);
+        b->upd.output_preview =
+            arena_strndup(&b->arena, text, strlen(text) > 200 ? 200 : strlen(text));
+        if (ls->steered > 0) {
+            /* messages arrived while thinking: one more model call */
+            buf_free(&d);
+            buf_free(&u);
+            t->state = T_STARTING;
+            b->then = after_activation;
+            batch_submit(b);
+            return;
+        }
+        buf_reset(&d);
+        struct buf tu;
+        buf_init(&tu, 256);
+        usage_json(&tu, t->in_tokens, t->out_tokens);
+        buf_printf(&d,
+                   "{\"turn_id\":\"%s\",\"iterations\":%d,\"duration_ms\":%lld,\"usage\":%s,"
+                   "\"final_message_id\":\"%s\",\"final_answer_preview\":",
+                   t->id, t->iteration, (long long)dur, tu.data, t->out_msg_id);
+        buf_json_strn(&d, text, strlen(text) > 200 ? 200 : strlen(text));
+        buf_printf(&d, ",\"llm_call_count\":%d,\"tool_call_count\":0,\"status\":\"completed\"}",
+                   t->iteration);
+        emit(b, "turn.completed", d.data, NULL);
+        buf_free(&tu);
+        b->upd.set_outcome = 1;
+        b->upd.outcome = TO_COMPLETED;
+    }
+    (void)seq_next;
+    buf_reset(&d);
+    buf_reset(&u);
+    usage_json(&u, ls->in_tokens, ls->out_tokens);
+    buf_printf(&d, "{\"turn_id\":\"%s\",\"iterations\":%d,\"usage\":%s}", t->id, t->iteration,
+               u.data);
+    emit(b, "session.idled", d.data, NULL);
+    buf_free(&d);
+    buf_free(&u);
+    b->upd.set_status = 1;
+    b->upd.status = SS_IDLE;
+    b->upd.turn_id = "";
+    t->state = T_FINISHING;
+    b->then = finished;
+    batch_submit(b);
+}
+
+static void start_turn_for(struct engine *e, struct live *ls, const char *input_msg_id,
+                           void (*then)(struct batch *), struct batch *b_in);
+
+/* FINISHING -> DONE: the idle is durable; a queued message starts the next turn */
+static void finished(struct batch *b)
+{
+    struct turn *t = b->turn;
+    struct engine *e = b->e;
+    struct live *ls = b->ls;
+    if (t->state == T_FINISHING) t->state = T_DONE;
+    if (ls->turn == t) ls->turn = NULL;
+    turn_release(e, t); /* the live record's reference */
+    if (ls->queued && !ls->turn) {
+        ls->queued = 0;
+        start_turn_for(e, ls, ls->queued_msg_id, after_activation, NULL);
+    }
+}
+
+static void start_turn_for(struct engine *e, struct live *ls, const char *input_msg_id,
+                           void (*then)(struct batch *), struct batch *b_in)
+{
+    struct turn *t = turn_new(e, ls, input_msg_id);
+    struct batch *b = b_in ? b_in : batch_new(e, ls, t);
+    if (b_in) {
+        b->turn = t;
+        t->refs++;
+    }
+    emit_activation(b, t, time_now_us());
+    b->then = then;
+    if (!b_in) batch_submit(b);
+}
+
+/* ---- posting messages ---- */
+
+static void abandon_turn(struct batch *b);
+
+static void message_committed(struct batch *b)
+{
+    engine_msg_fn fn = (engine_msg_fn)(void (*)(void))b->cb;
+    if (b->op.err != LD_OK) {
+        fn(b->cb_ud, b->op.err, b->op.detail, NULL, NULL);
+        abandon_turn(b);
+        return;
+    }
+    fn(b->cb_ud, LD_OK, NULL, b->reply_msg, b->delivery);
+    if (b->turn && b->turn->state == T_STARTING) step_start(b->e, b->turn);
+}
+
+/* a turn whose first commit failed never ran: forget it */
+static void abandon_turn(struct batch *b)
+{
+    struct turn *t = b->turn;
+    if (!t || t->state != T_STARTING) return;
+    t->state = T_DONE;
+    if (b->ls->turn == t) b->ls->turn = NULL;
+    turn_release(b->e, t);
+}
+
+struct dup_find {
+    const char *want;
+    char *found;
+};
+
+static void dup_cb(const char *json, void *ud)
+{
+    struct dup_find *d = ud;
+    if (d->found || !strstr(json, d->want)) return;
+    d->found = strdup(json);
+}
+
+void engine_post_message(struct engine *e, const struct session_rec *s,
+                         const struct engine_input *in, engine_msg_fn fn, void *ud)
+{
+    if (in->client_message_id) {
+        char want[96];
+        snprintf(want, sizeof(want), "\"client_message_id\":\"%s\"", in->client_message_id);
+        struct dup_find d = {want, NULL};
+        store_messages(e->st, s->id, dup_cb, &d);
+        if (d.found) {
+            fn(ud, LD_OK, NULL, d.found, "duplicate");
+            free(d.found);
+            return;
+        }
+    }
+    struct live *ls = live_get(e, s);
+    free(ls->last_text);
+    ls->last_text = xstrdup(in->text ? in->text : "");
+    free(ls->last_hints);
+    ls->last_hints = in->hints ? xstrdup(in->hints) : NULL;
+    struct batch *b = batch_new(e, ls, NULL);
+    b->cb = (void *)(void (*)(void))fn;
+    b->cb_ud = ud;
+    char msg_id[ID_MAX];
+    id_new("message", msg_id);
+    int64_t now = time_now_us();
+    const char *msg = user_message(&b->arena, msg_id, ls->id, ls->next_seq, in->content,
+                                   in->controls, in->metadata, in->client_message_id, now);
+    b->reply_msg = msg;
+    b->upd.preview = arena_strndup(&b->arena, ls->last_text,
+                                   strlen(ls->last_text) > 200 ? 200 : strlen(ls->last_text));
+    b->then = message_committed;
+    if (!ls->turn) {
+        /* idle: the input, the activation and the turn's start share a commit */
+        struct event_rec *ev = emit(b, "input.message", wrap_message(&b->arena, msg, NULL), msg);
+        (void)ev;
+        b->delivery = "started";
+        struct turn *t = turn_new(e, ls, msg_id);
+        b->turn = t;
+        t->refs++;
+        emit_activation(b, t, now);
+        ev->turn_id = NULL;
+    } else if (ls->turn->state == T_FINISHING) {
+        emit(b, "input.message", wrap_message(&b->arena, msg, NULL), msg);
+        b->delivery = "queued";
+        ls->queued++;
+        snprintf(ls->queued_msg_id, sizeof(ls->queued_msg_id), "%s", msg_id);
+    } else {
+        emit(b, "input.message", wrap_message(&b->arena, msg, NULL), msg);
+        b->delivery = "steered";
+        ls->steered++;
+    }
+    batch_submit(b);
+}
+
+/* ---- cancel ---- */
+
+static void cancel_committed(struct batch *b)
+{
+    engine_cancel_fn fn = (engine_cancel_fn)(void (*)(void))b->cb;
+    fn(b->cb_ud, b->op.err, b->op.err == LD_OK);
+}
+
+void engine_cancel(struct engine *e, const struct session_rec *s, engine_cancel_fn fn, void *ud)
+{
+    struct live *ls = live_find(e, s->id);
+    struct turn *t = ls ? ls->turn : NULL;
+    if (!t || t->state == T_FINISHING || t->state == T_DONE || t->state == T_CANCELLED) {
+        fn(ud, LD_OK, 0);
+        return;
+    }
+    t->state = T_CANCELLED;
+    if (t->timer) {
+        loop_timer_cancel(e->loop, t->timer);
+        t->timer = NULL;
+    }
+    struct batch *b = batch_new(e, ls, t);
+    b->cb = (void *)(void (*)(void))fn;
+    b->cb_ud = ud;
+    int64_t now = time_now_us();
+    struct buf d;
+    buf_init(&d, 1024);
+    struct buf u;
+    buf_init(&u, 256);
+    usage_json(&u, t->in_tokens, t->out_tokens);
+    buf_printf(&d, "{\"turn_id\":\"%s\",\"reason\":\"User requested cancellation\",\"usage\":%s}",
+               t->id, u.data);
+    emit(b, "turn.cancelled", d.data, NULL);
+    char mid[ID_MAX];
+    id_new("message", mid);
+    const char *um = user_message(&b->arena, mid, ls->id, ls->next_seq,
+                                  "[{\"type\":\"text\",\"text\":\"User requested to cancel the "
+                                  "work.\"}]",
+                                  NULL, NULL, NULL, now);
+    emit(b, "input.message", wrap_message(&b->arena, um, NULL), um);
+    id_new("message", mid);
+    const char *am =
+        agent_message(&b->arena, mid, ls->id, ls->next_seq, "Work was cancelled by user.", now);
+    emit(b, "output.message.completed", wrap_message(&b->arena, am, NULL), am);
+    buf_reset(&u);
+    usage_json(&u, ls->in_tokens, ls->out_tokens);
+    buf_reset(&d);
+    buf_printf(&d, "{\"turn_id\":\"%s\",\"iterations\":%d,\"usage\":%s}", t->id, t->iteration,
+               u.data);
+    emit(b, "session.idled", d.data, NULL);
+    buf_free(&d);
+    buf_free(&u);
+    b->upd.set_status = 1;
+    b->upd.status = SS_IDLE;
+    b->upd.set_outcome = 1;
+    b->upd.outcome = TO_CANCELLED;
+    b->upd.turn_id = "";
+    b->then = cancel_committed;
+    ls->turn = NULL;
+    ls->steered = 0;
+    t->refs--; /* the live record's reference */
+    batch_submit(b);
+    /* a message queued behind the cancelled turn starts its own */
+    if (ls->queued) {
+        ls->queued = 0;
+        start_turn_for(e, ls, ls->queued_msg_id, after_activation, NULL);
+    }
+}
+
+/* ---- subscribers ---- */
+
+int64_t engine_subscribe(struct engine *e, const struct session_rec *s, struct engine_sub *sub)
+{
+    struct live *ls = live_get(e, s);
+    sub->next = ls->subs;
+    ls->subs = sub;
+    return ls->committed_seq;
+}
+
+void engine_unsubscribe(struct engine *e, const char *session_id, struct engine_sub *sub)
+{
+    struct live *ls = live_find(e, session_id);
+    if (!ls) return;
+    for (struct engine_sub **p = &ls->subs; *p; p = &(*p)->next)
+        if (*p == sub) {
+            *p = sub->next;
+            break;
+        }
+    live_maybe_free(e, ls);
+}
+
+/* ---- life ---- */
+
+struct engine *engine_new(struct store *st, struct loop *l)
+{
+    struct engine *e = xcalloc(1, sizeof(*e));
+    e->st = st;
+    e->loop = l;
+    g_engine = e;
+    return e;
+}
+
+void engine_free(struct engine *e)
+{
+    if (!e) return;
+    for (int i = 0; i < LIVE_BUCKETS; i++)
+        while (e->buckets[i]) {
+            struct live *l = e->buckets[i];
+            e->buckets[i] = l->next;
+            if (l->turn) {
+                if (l->turn->timer) loop_timer_cancel(e->loop, l->turn->timer);
+                buf_free(&l->turn->acc);
+                arena_free(&l->turn->arena);
+                free(l->turn);
+            }
+            free(l->last_text);
+            free(l->last_hints);
+            free(l);
+        }
+    if (g_engine == e) g_engine = NULL;
+    free(e);
+}
+
+long engine_running(struct engine *e)
+{
+    return e->running;
+}
+
+int engine_recover(struct engine *e)
+{
+    struct arena a;
+    arena_init(&a);
+    struct session_rec *rows;
+    int n;
+    store_sessions_running(e->st, &a, &rows, &n);
+    for (int i = 0; i < n; i++) {
+        struct live *ls = live_get(e, &rows[i]);
+        struct batch *b = batch_new(e, ls, NULL);
+        char data[512];
+        const char *tid = rows[i].turn_id[0] ? rows[i].turn_id : "";
+        snprintf(data, sizeof(data),
+                 "{\"turn_id\":\"%s\",\"error\":\"The server stopped while this turn was "
+                 "running; it could not be resumed.\",\"error_code\":\"processing_error\"}",
+                 tid);
+        struct event_rec *ev = emit(b, "turn.failed", data, NULL);
+        ev->turn_id = tid[0] ? arena_strdup(&b->arena, tid) : NULL;
+        snprintf(data, sizeof(data), "{\"turn_id\":\"%s\"}", tid);
+        ev = emit(b, "session.idled", data, NULL);
+        ev->turn_id = tid[0] ? arena_strdup(&b->arena, tid) : NULL;
+        b->upd.set_status = 1;
+        b->upd.status = SS_IDLE;
+        b->upd.set_outcome = 1;
+        b->upd.outcome = TO_FAILED;
+        b->upd.turn_id = "";
+        batch_submit(b);
+        log_warn("recovered a turn left running", "session", rows[i].id, "turn", tid, NULL);
+    }
+    arena_free(&a);
+    return n;
+}
