@@ -10,6 +10,7 @@
  */
 #include "api/api.h"
 #include "core/builtins.h"
+#include "engine/engine.h"
 #include "limits.h"
 #include "util/timeutil.h"
 #include <stdio.h>
@@ -338,6 +339,18 @@ static void deleted_done(struct store_op *op)
 void h_session_delete(struct req *r)
 {
     if (path_id(r, 0, "session", "session")) return;
+    struct session_rec cur;
+    enum ld_err e =
+        store_session_get(r->st, r->who.org_id, r->params[0], r->who.user_id, &r->arena, &cur);
+    if (e != LD_OK) {
+        reply_problem(r, e, e == LD_E_NOT_FOUND ? "Session not found" : "Storage error");
+        return;
+    }
+    if (engine_session_busy(r->eng, cur.id)) {
+        reply_problem(r, LD_E_CONFLICT,
+                      "Session has a turn in progress; cancel it (POST .../cancel) first");
+        return;
+    }
     struct store_op *op = op_new(r, SOP_SESSION_DELETE, deleted_done);
     op->org_id = r->who.org_id;
     op->id = r->params[0];

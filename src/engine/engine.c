@@ -841,6 +841,12 @@ void engine_free(struct engine *e)
     free(e);
 }
 
+int engine_session_busy(struct engine *e, const char *session_id)
+{
+    struct live *l = live_find(e, session_id);
+    return l && (l->turn || l->queued || l->inflight);
+}
+
 long engine_running(struct engine *e)
 {
     return e->running;

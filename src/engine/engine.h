@@ -21,6 +21,8 @@ void engine_free(struct engine *e);
 /* At start, before serving: every session left active by a crash gets
  * turn.failed + session.idled and goes idle.  Returns how many. */
 int engine_recover(struct engine *e);
+/* 1 if a turn of this session runs (or is queued to). */
+int engine_session_busy(struct engine *e, const char *session_id);
 /* Turns running (for shutdown and metrics). */
 long engine_running(struct engine *e);
 
