@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -185,6 +186,12 @@ int main(int argc, char **argv)
      * (measured: list pages cost 4x the CPU at 64 connections otherwise). */
     mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
     mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+    /* every connection and SSE stream is a descriptor: take all we may */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
     /* block the stop signals before any thread starts, so that every thread
      * inherits the mask and they arrive only through the loop's signalfd */
     sigset_t mask;

@@ -180,6 +180,11 @@ void server_metrics_render(struct server *s, struct buf *o)
                "loopd_store_commit_failures_total %llu\n",
                (unsigned long long)m.commit_failures);
     buf_printf(o,
+               "# HELP loopd_store_statements_total SQL statements run by the writer.\n"
+               "# TYPE loopd_store_statements_total counter\n"
+               "loopd_store_statements_total %llu\n",
+               (unsigned long long)m.statements);
+    buf_printf(o,
                "# HELP loopd_store_commit_seconds_total Time spent committing.\n"
                "# TYPE loopd_store_commit_seconds_total counter\n"
                "loopd_store_commit_seconds_total %.6f\n",

@@ -51,6 +51,7 @@ sqlite3_stmt *conn_stmt(struct conn *c, const char *sql)
 {
     int victim = 0;
     c->tick++;
+    c->nstmt++;
     for (int i = 0; i < STMT_CACHE; i++) {
         if (c->cache[i].sql && strcmp(c->cache[i].sql, sql) == 0) {
             c->cache[i].used = c->tick;
@@ -75,6 +76,7 @@ sqlite3_stmt *conn_stmt(struct conn *c, const char *sql)
 
 int conn_exec(struct conn *c, const char *sql)
 {
+    c->nstmt++;
     return sqlite3_exec(c->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
 }
 

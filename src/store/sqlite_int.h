@@ -18,6 +18,7 @@ struct conn {
         uint64_t used;
     } cache[STMT_CACHE];
     uint64_t tick;
+    uint64_t nstmt; /* statements handed out: SQL executed on this connection */
 };
 
 int conn_open(struct conn *c, const char *path, int readonly, char *err, size_t errlen);

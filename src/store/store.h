@@ -111,6 +111,7 @@ struct store_metrics {
     uint64_t commits, ops, commit_failures;
     uint64_t batch_hist[STORE_BATCH_BUCKETS]; /* <=1,2,4,8,16,64,256,inf */
     uint64_t commit_us_total;
+    uint64_t statements; /* SQL statements the writer ran */
 };
 void store_metrics(struct store *st, struct store_metrics *m);
 

@@ -70,6 +70,7 @@ static void finish_batch(struct writer *w, struct store_op *batch, struct store_
     w->m.commits++;
     w->m.ops += (uint64_t)n;
     w->m.commit_us_total += (uint64_t)us;
+    w->m.statements = w->c.nstmt;
     static const int bounds[STORE_BATCH_BUCKETS - 1] = {1, 2, 4, 8, 16, 64, 256};
     int b = 0;
     while (b < STORE_BATCH_BUCKETS - 1 && n > bounds[b])
