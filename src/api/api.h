@@ -94,6 +94,7 @@ void h_messages_post(struct req *r);
 void h_messages_list(struct req *r);
 void h_events_list(struct req *r);
 void h_sse(struct req *r);
+void h_tool_results(struct req *r);
 
 /* event filters: types / exclude (repeated keys), shared by /events and /sse */
 struct event_filter {

@@ -426,3 +426,88 @@ void h_session_cancel(struct req *r)
     engine_cancel(r->eng, &s, cancelled, r);
     if (!r->resp) req_suspend(r);
 }
+
+/* ---- tool results (reference 12) ---- */
+
+static void results_done(void *ud, enum ld_err err, const char *detail, int accepted, int resumed)
+{
+    struct req *r = ud;
+    if (err == LD_E_CONFLICT) {
+        reply_problem(r, err, "Session is not waiting for tool results (current status: %s)",
+                      "active");
+        return;
+    }
+    if (err != LD_OK) {
+        reply_problem(r, err, "%s", detail && *detail ? detail : "The results were not stored");
+        return;
+    }
+    struct buf b;
+    buf_init(&b, 256);
+    buf_printf(&b, "{\"accepted\":%d,\"status\":\"%s\"}", accepted,
+               resumed ? "active" : "waitingfortoolresults");
+    reply_json(r, 200, &b);
+}
+
+#define LD_MAX_TOOL_RESULT (100u * 1024)
+
+void h_tool_results(struct req *r)
+{
+    struct session_rec s;
+    if (load_session(r, &s)) return;
+    json_t *body = body_object(r, 0);
+    if (!body) return;
+    json_t *arr = json_object_get(body, "tool_results");
+    size_t n = json_is_array(arr) ? json_array_size(arr) : 0;
+    if (!json_is_array(arr) && arr && !json_is_null(arr)) {
+        reply_problem(r, LD_E_BAD_REQUEST, "tool_results: expected an array");
+        goto out;
+    }
+    if (n == 0) {
+        reply_problem(r, LD_E_BAD_REQUEST, "tool_results must not be empty");
+        goto out;
+    }
+    if (n > 64) {
+        reply_problem(r, LD_E_LIMIT, "tool_results: more than 64 results");
+        goto out;
+    }
+    if (s.status != SS_WAITING) {
+        reply_problem(r, LD_E_CONFLICT,
+                      "Session is not waiting for tool results (current status: %s)",
+                      session_status_db(s.status));
+        goto out;
+    }
+    struct engine_tool_result *res = arena_alloc(&r->arena, sizeof(*res) * n);
+    for (size_t i = 0; i < n; i++) {
+        json_t *x = json_array_get(arr, i);
+        json_t *id = json_is_object(x) ? json_object_get(x, "tool_call_id") : NULL;
+        if (!json_is_string(id) || json_string_length(id) == 0 || json_string_length(id) > 128) {
+            reply_problem(r, LD_E_BAD_REQUEST, "tool_results[%zu].tool_call_id: expected a string",
+                          i);
+            goto out;
+        }
+        res[i].tool_call_id = arena_strdup(&r->arena, json_string_value(id));
+        json_t *err = json_object_get(x, "error");
+        if (err && !json_is_null(err)) {
+            if (!json_is_string(err)) {
+                reply_problem(r, LD_E_BAD_REQUEST, "tool_results[%zu].error: expected a string", i);
+                goto out;
+            }
+            res[i].error = arena_strdup(&r->arena, json_string_value(err));
+        }
+        json_t *val = json_object_get(x, "result");
+        if (!res[i].error) {
+            const char *text = json_is_string(val) ? arena_strdup(&r->arena, json_string_value(val))
+                                                   : dump(r, val ? val : json_null());
+            if (strlen(text) > LD_MAX_TOOL_RESULT) {
+                reply_problem(r, LD_E_LIMIT, "tool_results[%zu].result: larger than %u bytes", i,
+                              LD_MAX_TOOL_RESULT);
+                goto out;
+            }
+            res[i].result = text;
+        }
+    }
+    engine_tool_results(r->eng, &s, res, (int)n, results_done, r);
+    if (!r->resp) req_suspend(r);
+out:
+    json_decref(body);
+}

@@ -31,6 +31,7 @@ const struct route routes[] = {
     {M_GET, "/v1/sessions/{}/messages", h_messages_list, 0, "messages"},
     {M_GET, "/v1/sessions/{}/events", h_events_list, 0, "events"},
     {M_GET, "/v1/sessions/{}/sse", h_sse, 0, "sse"},
+    {M_POST, "/v1/sessions/{}/tool-results", h_tool_results, 0, "tool_results"},
     {M_PUT, "/v1/sessions/{}/pin", h_session_pin, 0, "session_pin"},
     {M_DELETE, "/v1/sessions/{}/pin", h_session_unpin, 0, "session_pin"},
 };

@@ -41,7 +41,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum turn_state { T_STARTING, T_THINKING, T_FINISHING, T_CANCELLED, T_DONE };
+enum turn_state {
+    T_STARTING,
+    T_THINKING,
+    T_TOOLS,   /* server-side tools run (their tool.started is durable) */
+    T_WAITING, /* waiting_for_tool_results: client-side calls out */
+    T_FINISHING,
+    T_CANCELLED,
+    T_DONE
+};
+
+struct pending_call {
+    char id[40];
+    char *name, *arguments;
+    int client;   /* the client runs it (tool.call_requested) */
+    int answered; /* its tool.completed is emitted */
+};
 
 struct live;
 
@@ -60,6 +75,10 @@ struct turn {
     struct buf acc; /* accumulated answer */
     struct loop_timer *timer;
     int refs; /* batches in flight that point here */
+    struct pending_call calls[SIM_MAX_CALLS];
+    int ncalls;
+    struct buf results; /* "name: result" of this turn's tool calls, for the model */
+    int tool_calls_total;
 };
 
 struct live {
@@ -80,6 +99,8 @@ struct live {
     char *last_hints;
     int inflight; /* batches not yet committed */
     struct engine_sub *subs;
+    char *client_tools; /* "\nname\nname\n": the session's and agent's client tools */
+    int max_iterations;
 };
 
 #define LIVE_BUCKETS 4096
@@ -122,6 +143,52 @@ static struct live *live_find(struct engine *e, const char *id)
     return NULL;
 }
 
+/* the client-side tool names and max_iterations of session and agent */
+static void collect_tools(struct buf *names, const char *extra_json, int *max_iter)
+{
+    json_t *x = json_loads(extra_json ? extra_json : "{}", 0, NULL);
+    size_t i;
+    json_t *t;
+    json_array_foreach(json_object_get(x, "tools"), i, t)
+    {
+        const char *n = json_string_value(json_object_get(t, "name"));
+        if (n) {
+            buf_puts(names, n);
+            buf_putc(names, '\n');
+        }
+    }
+    json_t *mi = json_object_get(x, "max_iterations");
+    if (json_is_integer(mi) && *max_iter == 0) *max_iter = (int)json_integer_value(mi);
+    json_decref(x);
+}
+
+static void live_load_config(struct engine *e, struct live *l, const struct session_rec *s)
+{
+    struct buf names;
+    buf_init(&names, 1 << 16);
+    buf_putc(&names, '\n');
+    int mi = 0;
+    collect_tools(&names, s->extra, &mi);
+    if (s->agent_id[0]) {
+        struct arena a;
+        arena_init(&a);
+        struct agent_rec ag;
+        if (store_agent_get(e->st, s->org_id, s->agent_id, &a, &ag) == LD_OK)
+            collect_tools(&names, ag.extra, &mi);
+        arena_free(&a);
+    }
+    l->client_tools = xstrdup(names.data ? names.data : "\n");
+    l->max_iterations = mi > 0 ? mi : 10;
+    buf_free(&names);
+}
+
+static int is_client_tool(const struct live *l, const char *name)
+{
+    char key[80];
+    snprintf(key, sizeof(key), "\n%.64s\n", name);
+    return strstr(l->client_tools, key) != NULL;
+}
+
 static struct live *live_get(struct engine *e, const struct session_rec *s)
 {
     struct live *l = live_find(e, s->id);
@@ -134,6 +201,7 @@ static struct live *live_get(struct engine *e, const struct session_rec *s)
     snprintf(l->model_id, sizeof(l->model_id), "%s", s->model_id);
     l->committed_seq = store_events_max_seq(e->st, s->id);
     l->next_seq = l->committed_seq + 1;
+    live_load_config(e, l, s);
     l->in_tokens = s->in_tokens;
     l->out_tokens = s->out_tokens;
     l->cache_read = s->cache_read_tokens;
@@ -153,6 +221,7 @@ static void live_maybe_free(struct engine *e, struct live *l)
             *p = l->next;
             free(l->last_text);
             free(l->last_hints);
+            free(l->client_tools);
             free(l);
             return;
         }
@@ -241,6 +310,7 @@ static void batch_submit(struct batch *b)
 }
 
 static void turn_release(struct engine *e, struct turn *t);
+static void turn_free_calls(struct turn *t);
 
 static void batch_done(struct store_op *op)
 {
@@ -348,13 +418,24 @@ static void usage_json(struct buf *o, int64_t in, int64_t out)
 
 /* ---- turns ---- */
 
+static void turn_free_calls(struct turn *t)
+{
+    for (int i = 0; i < t->ncalls; i++) {
+        free(t->calls[i].name);
+        free(t->calls[i].arguments);
+    }
+    t->ncalls = 0;
+}
+
 static void turn_release(struct engine *e, struct turn *t)
 {
     if (--t->refs > 0) return;
     if (t->state != T_DONE && t->state != T_CANCELLED) return;
     if (t->timer) loop_timer_cancel(e->loop, t->timer);
     if (t->ls->turn == t) t->ls->turn = NULL;
+    turn_free_calls(t);
     buf_free(&t->acc);
+    buf_free(&t->results);
     arena_free(&t->arena);
     free(t);
     e->running--;
@@ -375,6 +456,7 @@ static struct turn *turn_new(struct engine *e, struct live *ls, const char *inpu
     t->refs = 1; /* the live record's reference, dropped at DONE */
     arena_init(&t->arena);
     buf_init(&t->acc, LD_MAX_RESPONSE);
+    buf_init(&t->results, 64 * 1024);
     ls->turn = t;
     e->running++;
     return t;
@@ -434,7 +516,8 @@ static void step_start(struct engine *e, struct turn *t)
     buf_reset(&t->acc);
     ls->steered = 0;
     size_t prompt = 256 + (ls->last_text ? strlen(ls->last_text) : 0);
-    sim_plan(ls->last_text ? ls->last_text : "", prompt, ls->last_hints, &t->arena, &t->plan);
+    sim_plan(ls->last_text ? ls->last_text : "", prompt, ls->last_hints, t->results.data, &t->arena,
+             &t->plan);
     id_new("message", t->out_msg_id);
     struct batch *b = batch_new(e, ls, t);
     char data[512];
@@ -484,6 +567,251 @@ static void step_delta(void *ud)
     t->timer = loop_timer_add(e->loop, t->plan.latency_ms / n, step_delta, t);
 }
 
+/* ---- tools ---- */
+
+static void tool_result_message(struct batch *b, struct pending_call *c, const char *result_text,
+                                const char *error, int64_t dur_ms)
+{
+    struct live *ls = b->ls;
+    char mid[ID_MAX];
+    id_new("message", mid);
+    struct buf m;
+    buf_init(&m, LD_MAX_RESPONSE);
+    struct jw w;
+    jw_init(&w, &m);
+    jw_obj(&w);
+    jw_kstr(&w, "id", mid);
+    jw_kstr(&w, "session_id", ls->id);
+    jw_ki64(&w, "sequence", ls->next_seq);
+    jw_kstr(&w, "role", "tool_result");
+    jw_key(&w, "content");
+    jw_arr(&w);
+    jw_obj(&w);
+    jw_kstr(&w, "type", "tool_result");
+    jw_kstr(&w, "tool_call_id", c->id);
+    if (error)
+        jw_kstr(&w, "error", error);
+    else
+        jw_kstr(&w, "result", result_text);
+    jw_end(&w);
+    jw_end(&w);
+    jw_ktime(&w, "created_at", time_now_us());
+    jw_end(&w);
+    struct buf d;
+    buf_init(&d, LD_MAX_RESPONSE);
+    jw_init(&w, &d);
+    jw_obj(&w);
+    jw_kstr(&w, "tool_call_id", c->id);
+    jw_kstr(&w, "tool_name", c->name);
+    jw_kbool(&w, "success", error == NULL);
+    jw_kstr(&w, "status", error ? "error" : "success");
+    if (error) {
+        jw_kstr(&w, "error", error);
+    } else {
+        jw_key(&w, "result");
+        jw_arr(&w);
+        jw_obj(&w);
+        jw_kstr(&w, "type", "text");
+        jw_kstr(&w, "text", result_text);
+        jw_end(&w);
+        jw_end(&w);
+    }
+    jw_ki64(&w, "duration_ms", dur_ms);
+    jw_key(&w, "message");
+    jw_raw(&w, m.data);
+    jw_end(&w);
+    emit(b, "tool.completed", d.data, m.data);
+    c->answered = 1;
+    struct turn *t = b->turn;
+    if (t) {
+        if (t->results.len) buf_puts(&t->results, "; ");
+        buf_printf(&t->results, "%.64s: ", c->name);
+        buf_puts(&t->results, error ? error : result_text);
+    }
+    buf_free(&m);
+    buf_free(&d);
+}
+
+/* Built-in server-side tools.  Pure and instant; each runs only after its
+ * tool.started is durable (the ledger), and its tool.completed commits
+ * before the turn goes on, so a call is never run twice for one id. */
+static void run_builtin(struct pending_call *c, struct buf *out, const char **error)
+{
+    *error = NULL;
+    if (strcmp(c->name, "current_time") == 0) {
+        char ts[40];
+        time_format(time_now_us(), ts, sizeof(ts));
+        buf_puts(out, ts);
+        return;
+    }
+    *error = "Unknown tool";
+}
+
+static void emit_call_requested(struct batch *b, struct turn *t)
+{
+    struct buf d;
+    buf_init(&d, LD_MAX_RESPONSE);
+    buf_puts(&d, "{\"tool_calls\":[");
+    int n = 0;
+    for (int i = 0; i < t->ncalls; i++) {
+        struct pending_call *c = &t->calls[i];
+        if (!c->client || c->answered) continue;
+        buf_printf(&d, "%s{\"id\":\"%s\",\"name\":", n++ ? "," : "", c->id);
+        buf_json_str(&d, c->name);
+        buf_printf(&d, ",\"arguments\":%s}", c->arguments);
+    }
+    buf_puts(&d, "]}");
+    emit(b, "tool.call_requested", d.data, NULL);
+    buf_free(&d);
+    b->upd.set_status = 1;
+    b->upd.status = SS_WAITING;
+    t->state = T_WAITING;
+}
+
+static void next_iteration(struct batch *b);
+static void fail_turn(struct engine *e, struct turn *t, struct batch *b, const char *code,
+                      const char *text);
+
+/* after the tool.started ledger is durable: run the server-side calls */
+static void run_server_tools(struct batch *done)
+{
+    struct turn *t = done->turn;
+    struct engine *e = done->e;
+    if (done->op.err != LD_OK || t->state != T_TOOLS) return;
+    struct batch *b = batch_new(e, t->ls, t);
+    int ok = 0, bad = 0;
+    for (int i = 0; i < t->ncalls; i++) {
+        struct pending_call *c = &t->calls[i];
+        if (c->client || c->answered) continue;
+        struct buf out;
+        buf_init(&out, 64 * 1024);
+        const char *error;
+        int64_t t0 = time_mono_us();
+        run_builtin(c, &out, &error);
+        tool_result_message(b, c, out.data ? out.data : "", error, (time_mono_us() - t0) / 1000);
+        error ? bad++ : ok++;
+        buf_free(&out);
+    }
+    char data[160];
+    snprintf(data, sizeof(data), "{\"completed\":true,\"success_count\":%d,\"error_count\":%d}", ok,
+             bad);
+    emit(b, "act.completed", data, NULL);
+    int client_left = 0;
+    for (int i = 0; i < t->ncalls; i++)
+        if (t->calls[i].client && !t->calls[i].answered) client_left = 1;
+    if (client_left) {
+        emit_call_requested(b, t);
+        batch_submit(b);
+        return;
+    }
+    t->state = T_STARTING;
+    b->then = next_iteration;
+    batch_submit(b);
+}
+
+/* the model asked for tools: record the calls, run or request them */
+static void tool_step(struct engine *e, struct turn *t, struct batch *b, int64_t now, int64_t dur)
+{
+    struct live *ls = t->ls;
+    const struct sim_plan *p = &t->plan;
+    turn_free_calls(t);
+    struct buf d;
+    buf_init(&d, LD_MAX_RESPONSE);
+    struct buf calls;
+    buf_init(&calls, LD_MAX_RESPONSE);
+    struct buf parts;
+    buf_init(&parts, LD_MAX_RESPONSE);
+    int server = 0;
+    for (int i = 0; i < p->ncalls; i++) {
+        struct pending_call *c = &t->calls[t->ncalls++];
+        snprintf(c->id, sizeof(c->id), "%s", p->calls[i].id);
+        c->name = xstrdup(p->calls[i].name);
+        c->arguments = xstrdup(p->calls[i].arguments);
+        c->client = is_client_tool(ls, c->name);
+        if (!c->client) server++;
+        buf_printf(&calls, "%s{\"id\":\"%s\",\"name\":", i ? "," : "", c->id);
+        buf_json_str(&calls, c->name);
+        buf_printf(&calls, ",\"arguments\":%s}", c->arguments);
+        buf_printf(&parts, "%s{\"type\":\"tool_call\",\"id\":\"%s\",\"name\":", i ? "," : "",
+                   c->id);
+        buf_json_str(&parts, c->name);
+        buf_printf(&parts, ",\"arguments\":%s}", c->arguments);
+    }
+    t->tool_calls_total += t->ncalls;
+    struct buf u;
+    buf_init(&u, 256);
+    usage_json(&u, p->input_tokens, p->output_tokens);
+    buf_printf(&d,
+               "{\"messages\":[],\"output\":{\"tool_calls\":[%s]},\"metadata\":{\"model\":"
+               "\"llmsim\",\"provider\":\"llmsim\",\"usage\":%s,\"duration_ms\":%lld,"
+               "\"success\":true}}",
+               calls.data, u.data, (long long)dur);
+    emit(b, "llm.generation", d.data, NULL);
+    struct buf m;
+    buf_init(&m, LD_MAX_RESPONSE);
+    buf_printf(&m,
+               "{\"id\":\"%s\",\"session_id\":\"%s\",\"sequence\":%lld,\"role\":\"agent\","
+               "\"content\":[%s],\"phase\":\"commentary\",\"created_at\":",
+               t->out_msg_id, ls->id, (long long)ls->next_seq, parts.data);
+    char ts[40];
+    time_format(now, ts, sizeof(ts));
+    buf_printf(&m, "\"%s\"}", ts);
+    buf_reset(&d);
+    buf_printf(&d, "\"metadata\":{\"model\":\"llmsim\"},\"usage\":%s", u.data);
+    emit(b, "output.message.completed", wrap_message(&b->arena, m.data, d.data), m.data);
+    buf_reset(&d);
+    buf_printf(&d,
+               "{\"success\":true,\"has_tool_calls\":true,\"tool_call_count\":%d,"
+               "\"duration_ms\":%lld,\"usage\":%s}",
+               t->ncalls, (long long)dur, u.data);
+    emit(b, "reason.completed", d.data, NULL);
+    if (server) {
+        /* the ledger: every server-side call is durable before it runs */
+        buf_reset(&d);
+        buf_puts(&d, "{\"tool_calls\":[");
+        int n = 0;
+        for (int i = 0; i < t->ncalls; i++) {
+            if (t->calls[i].client) continue;
+            buf_printf(&d, "%s{\"id\":\"%s\",\"name\":", n++ ? "," : "", t->calls[i].id);
+            buf_json_str(&d, t->calls[i].name);
+            buf_putc(&d, '}');
+        }
+        buf_puts(&d, "]}");
+        emit(b, "act.started", d.data, NULL);
+        for (int i = 0; i < t->ncalls; i++) {
+            if (t->calls[i].client) continue;
+            buf_reset(&d);
+            buf_printf(&d, "{\"tool_call\":{\"id\":\"%s\",\"name\":", t->calls[i].id);
+            buf_json_str(&d, t->calls[i].name);
+            buf_printf(&d, ",\"arguments\":%s}}", t->calls[i].arguments);
+            emit(b, "tool.started", d.data, NULL);
+        }
+        t->state = T_TOOLS;
+        b->then = run_server_tools;
+    } else {
+        emit_call_requested(b, t);
+    }
+    buf_free(&d);
+    buf_free(&u);
+    buf_free(&m);
+    buf_free(&calls);
+    buf_free(&parts);
+    batch_submit(b);
+}
+
+/* after tool results: one more model call, unless max_iterations is hit */
+static void next_iteration(struct batch *done)
+{
+    struct turn *t = done->turn;
+    if (done->op.err != LD_OK || !t || t->state != T_STARTING) return;
+    if (t->iteration >= t->ls->max_iterations) {
+        fail_turn(done->e, t, NULL, "max_iterations",
+                  "The turn reached max_iterations without a final answer.");
+        return;
+    }
+    step_start(done->e, t);
+}
+
 static void finished(struct batch *b);
 
 /* The model call is over: the answer (or failure) and, unless messages
@@ -507,6 +835,12 @@ static void step_finish(struct engine *e, struct turn *t, struct batch *b)
     buf_init(&u, 256);
     usage_json(&u, p->input_tokens, p->output_tokens);
     int64_t seq_next = ls->next_seq;
+    if (!p->fail_code && p->ncalls) {
+        buf_free(&d);
+        buf_free(&u);
+        tool_step(e, t, b, now, dur);
+        return;
+    }
     if (p->fail_code) {
         buf_printf(&d,
                    "{\"success\":false,\"has_tool_calls\":false,\"tool_call_count\":0,"
@@ -570,8 +904,8 @@ static void step_finish(struct engine *e, struct turn *t, struct batch *b)
                    "\"final_message_id\":\"%s\",\"final_answer_preview\":",
                    t->id, t->iteration, (long long)dur, tu.data, t->out_msg_id);
         buf_json_strn(&d, text, strlen(text) > 200 ? 200 : strlen(text));
-        buf_printf(&d, ",\"llm_call_count\":%d,\"tool_call_count\":0,\"status\":\"completed\"}",
-                   t->iteration);
+        buf_printf(&d, ",\"llm_call_count\":%d,\"tool_call_count\":%d,\"status\":\"completed\"}",
+                   t->iteration, t->tool_calls_total);
         emit(b, "turn.completed", d.data, NULL);
         buf_free(&tu);
         b->upd.set_outcome = 1;
@@ -610,6 +944,33 @@ static void finished(struct batch *b)
         ls->queued = 0;
         start_turn_for(e, ls, ls->queued_msg_id, after_activation, NULL);
     }
+}
+
+/* ends a running turn with turn.failed + session.idled */
+static void fail_turn(struct engine *e, struct turn *t, struct batch *b, const char *code,
+                      const char *text)
+{
+    struct live *ls = t->ls;
+    if (!b) b = batch_new(e, ls, t);
+    char data[512];
+    snprintf(data, sizeof(data), "{\"turn_id\":\"%s\",\"error\":\"%s\",\"error_code\":\"%s\"}",
+             t->id, text, code);
+    emit(b, "turn.failed", data, NULL);
+    struct buf u;
+    buf_init(&u, 256);
+    usage_json(&u, ls->in_tokens, ls->out_tokens);
+    snprintf(data, sizeof(data), "{\"turn_id\":\"%s\",\"iterations\":%d,\"usage\":%s}", t->id,
+             t->iteration, u.data);
+    buf_free(&u);
+    emit(b, "session.idled", data, NULL);
+    b->upd.set_status = 1;
+    b->upd.status = SS_IDLE;
+    b->upd.set_outcome = 1;
+    b->upd.outcome = TO_FAILED;
+    b->upd.turn_id = "";
+    t->state = T_FINISHING;
+    b->then = finished;
+    batch_submit(b);
 }
 
 static void start_turn_for(struct engine *e, struct live *ls, const char *input_msg_id,
@@ -705,6 +1066,26 @@ void engine_post_message(struct engine *e, const struct session_rec *s,
         t->refs++;
         emit_activation(b, t, now);
         ev->turn_id = NULL;
+    } else if (ls->turn->state == T_WAITING) {
+        /* the user spoke instead of answering the tool calls: close them,
+         * and the turn goes on with the new message */
+        struct turn *t = ls->turn;
+        b->turn = t;
+        t->refs++;
+        for (int i = 0; i < t->ncalls; i++)
+            if (t->calls[i].client && !t->calls[i].answered)
+                tool_result_message(b, &t->calls[i], NULL,
+                                    "Cancelled because the user sent a message instead", 0);
+        /* the message's sequence moved: build it again */
+        msg = user_message(&b->arena, msg_id, ls->id, ls->next_seq, in->content, in->controls,
+                           in->metadata, in->client_message_id, now);
+        b->reply_msg = msg;
+        emit(b, "input.message", wrap_message(&b->arena, msg, NULL), msg);
+        b->upd.set_status = 1;
+        b->upd.status = SS_ACTIVE;
+        b->delivery = "steered";
+        buf_reset(&t->results);
+        t->state = T_STARTING;
     } else if (ls->turn->state == T_FINISHING) {
         emit(b, "input.message", wrap_message(&b->arena, msg, NULL), msg);
         b->delivery = "queued";
@@ -715,6 +1096,62 @@ void engine_post_message(struct engine *e, const struct session_rec *s,
         b->delivery = "steered";
         ls->steered++;
     }
+    batch_submit(b);
+}
+
+/* ---- tool results (client-side tools) ---- */
+
+static void results_committed(struct batch *b)
+{
+    engine_results_fn fn = (engine_results_fn)(void (*)(void))b->cb;
+    struct turn *t = b->turn;
+    int resumed = t && t->state == T_STARTING;
+    fn(b->cb_ud, b->op.err, b->op.detail, b->op.nevents, resumed);
+    if (b->op.err == LD_OK && resumed) next_iteration(b);
+}
+
+void engine_tool_results(struct engine *e, const struct session_rec *s,
+                         const struct engine_tool_result *res, int n, engine_results_fn fn,
+                         void *ud)
+{
+    struct live *ls = live_find(e, s->id);
+    struct turn *t = ls ? ls->turn : NULL;
+    if (!t || t->state != T_WAITING) {
+        fn(ud, LD_E_CONFLICT, "not waiting", 0, 0);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        int hit = 0;
+        for (int k = 0; k < t->ncalls; k++)
+            if (t->calls[k].client && !t->calls[k].answered &&
+                strcmp(t->calls[k].id, res[i].tool_call_id) == 0)
+                hit = 1;
+        for (int j = 0; j < i; j++)
+            if (strcmp(res[j].tool_call_id, res[i].tool_call_id) == 0) hit = 0;
+        if (!hit) {
+            char d[160];
+            snprintf(d, sizeof(d), "tool_results[%d].tool_call_id: '%.60s' is not a pending call",
+                     i, res[i].tool_call_id);
+            fn(ud, LD_E_BAD_REQUEST, d, 0, 0);
+            return;
+        }
+    }
+    struct batch *b = batch_new(e, ls, t);
+    b->cb = (void *)(void (*)(void))fn;
+    b->cb_ud = ud;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < t->ncalls; k++)
+            if (strcmp(t->calls[k].id, res[i].tool_call_id) == 0)
+                tool_result_message(b, &t->calls[k], res[i].result, res[i].error, 0);
+    int left = 0;
+    for (int k = 0; k < t->ncalls; k++)
+        if (t->calls[k].client && !t->calls[k].answered) left++;
+    if (!left) {
+        b->upd.set_status = 1;
+        b->upd.status = SS_ACTIVE;
+        t->state = T_STARTING;
+    }
+    b->then = results_committed;
     batch_submit(b);
 }
 
@@ -829,12 +1266,15 @@ void engine_free(struct engine *e)
             e->buckets[i] = l->next;
             if (l->turn) {
                 if (l->turn->timer) loop_timer_cancel(e->loop, l->turn->timer);
+                turn_free_calls(l->turn);
                 buf_free(&l->turn->acc);
+                buf_free(&l->turn->results);
                 arena_free(&l->turn->arena);
                 free(l->turn);
             }
             free(l->last_text);
             free(l->last_hints);
+            free(l->client_tools);
             free(l);
         }
     if (g_engine == e) g_engine = NULL;

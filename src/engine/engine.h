@@ -41,6 +41,20 @@ struct engine_input {
 void engine_post_message(struct engine *e, const struct session_rec *s,
                          const struct engine_input *in, engine_msg_fn fn, void *ud);
 
+/* Client-side tool results.  err LD_E_CONFLICT: not waiting;
+ * LD_E_BAD_REQUEST: an id that is not a pending call (detail says which).
+ * resumed=1 when every pending call has its result and the turn goes on. */
+struct engine_tool_result {
+    const char *tool_call_id;
+    const char *result; /* text, or NULL */
+    const char *error;  /* or NULL */
+};
+typedef void (*engine_results_fn)(void *ud, enum ld_err err, const char *detail, int accepted,
+                                  int resumed);
+void engine_tool_results(struct engine *e, const struct session_rec *s,
+                         const struct engine_tool_result *res, int n, engine_results_fn fn,
+                         void *ud);
+
 /* Cancel: cancelled=1 after the cancel events are durable, 0 if no turn ran. */
 typedef void (*engine_cancel_fn)(void *ud, enum ld_err err, int cancelled);
 void engine_cancel(struct engine *e, const struct session_rec *s, engine_cancel_fn fn, void *ud);

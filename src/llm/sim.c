@@ -1,5 +1,6 @@
 /* sim.c — the llmsim plan: deterministic text, deltas and usage. */
 #include "llm/sim.h"
+#include "core/id.h"
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,12 +24,33 @@ static const char *marker_word(const char *text, const char *key, struct arena *
     return n ? arena_strndup(a, p, n) : NULL;
 }
 
-void sim_plan(const char *user_text, size_t prompt_bytes, const char *hints_json, struct arena *a,
-              struct sim_plan *p)
+static void add_call(struct sim_plan *p, json_t *name, json_t *args, struct arena *a)
+{
+    if (!json_is_string(name) || p->ncalls == SIM_MAX_CALLS) return;
+    struct sim_call *c = &p->calls[p->ncalls++];
+    char hex[25];
+    random_hex(hex, 12);
+    snprintf(c->id, sizeof(c->id), "call_%s", hex);
+    c->name = arena_strdup(a, json_string_value(name));
+    char *d = json_is_object(args) ? json_dumps(args, JSON_COMPACT) : NULL;
+    c->arguments = arena_strdup(a, d ? d : "{}");
+    free(d);
+}
+
+void sim_plan(const char *user_text, size_t prompt_bytes, const char *hints_json,
+              const char *tool_results, struct arena *a, struct sim_plan *p)
 {
     memset(p, 0, sizeof(*p));
     const char *text = NULL;
     json_t *h = hints_json ? json_loads(hints_json, 0, NULL) : NULL;
+    int have_results = tool_results && *tool_results;
+    if (json_is_object(h) && !have_results) {
+        add_call(p, json_object_get(h, "tool"), json_object_get(h, "arguments"), a);
+        size_t i;
+        json_t *c;
+        json_array_foreach(json_object_get(h, "tools"), i, c)
+            add_call(p, json_object_get(c, "name"), json_object_get(c, "arguments"), a);
+    }
     if (json_is_object(h)) {
         const char *t = json_string_value(json_object_get(h, "text"));
         if (t) text = arena_strdup(a, t);
@@ -49,6 +71,18 @@ void sim_plan(const char *user_text, size_t prompt_bytes, const char *hints_json
         p->fail_text = "The model provider returned an error (simulated by llmsim).";
         p->input_tokens = (int64_t)(prompt_bytes + 3) / 4;
         return;
+    }
+    if (p->ncalls) {
+        p->input_tokens = (int64_t)(prompt_bytes + 3) / 4;
+        p->output_tokens = 8 * p->ncalls;
+        return;
+    }
+    if (!text && have_results) {
+        char buf[600];
+        size_t n = strlen(tool_results);
+        snprintf(buf, sizeof(buf), "The tools returned: %.*s%s", (int)(n > 400 ? 400 : n),
+                 tool_results, n > 400 ? "..." : "");
+        text = arena_strdup(a, buf);
     }
     if (!text) {
         /* deterministic: an echo of a bounded prefix of the question */
