@@ -343,6 +343,17 @@ static void batch_done(struct store_op *op)
 
 /* ---- messages as JSON ---- */
 
+/* opens a Message object: id, session_id, sequence, role */
+static void message_head(struct jw *w, const char *id, const char *session_id, int64_t seq,
+                         const char *role)
+{
+    jw_obj(w);
+    jw_kstr(w, "id", id);
+    jw_kstr(w, "session_id", session_id);
+    jw_ki64(w, "sequence", seq);
+    jw_kstr(w, "role", role);
+}
+
 static const char *user_message(struct arena *a, const char *id, const char *session_id,
                                 int64_t seq, const char *content, const char *controls,
                                 const char *metadata, const char *client_id, int64_t ts)
@@ -351,11 +362,7 @@ static const char *user_message(struct arena *a, const char *id, const char *ses
     buf_init(&o, LD_MAX_RESPONSE);
     struct jw w;
     jw_init(&w, &o);
-    jw_obj(&w);
-    jw_kstr(&w, "id", id);
-    jw_kstr(&w, "session_id", session_id);
-    jw_ki64(&w, "sequence", seq);
-    jw_kstr(&w, "role", "user");
+    message_head(&w, id, session_id, seq, "user");
     jw_kraw(&w, "content", content);
     if (controls) jw_kraw(&w, "controls", controls);
     if (metadata) jw_kraw(&w, "metadata", metadata);
@@ -374,11 +381,7 @@ static const char *agent_message(struct arena *a, const char *id, const char *se
     buf_init(&o, LD_MAX_RESPONSE);
     struct jw w;
     jw_init(&w, &o);
-    jw_obj(&w);
-    jw_kstr(&w, "id", id);
-    jw_kstr(&w, "session_id", session_id);
-    jw_ki64(&w, "sequence", seq);
-    jw_kstr(&w, "role", "agent");
+    message_head(&w, id, session_id, seq, "agent");
     jw_key(&w, "content");
     jw_arr(&w);
     jw_obj(&w);
@@ -579,11 +582,7 @@ static void tool_result_message(struct batch *b, struct pending_call *c, const c
     buf_init(&m, LD_MAX_RESPONSE);
     struct jw w;
     jw_init(&w, &m);
-    jw_obj(&w);
-    jw_kstr(&w, "id", mid);
-    jw_kstr(&w, "session_id", ls->id);
-    jw_ki64(&w, "sequence", ls->next_seq);
-    jw_kstr(&w, "role", "tool_result");
+    message_head(&w, mid, ls->id, ls->next_seq, "tool_result");
     jw_key(&w, "content");
     jw_arr(&w);
     jw_obj(&w);

@@ -399,16 +399,19 @@ static const char *session_select(void)
            " AND p.session_id = s.id) FROM sessions s";
 }
 
-enum ld_err store_session_get(struct store *st, const char *org_id, const char *id,
-                              const char *user_id, struct arena *a, struct session_rec *out)
+/* One session by a unique column ("s.id" or "s.singleton_key") in an org. */
+static enum ld_err session_one(struct store *st, int by_key, const char *org_id, const char *value,
+                               const char *user_id, struct arena *a, struct session_rec *out)
 {
-    static char sql[1024];
-    if (!sql[0])
-        snprintf(sql, sizeof(sql), "%s WHERE s.id = ?2 AND s.org_id = ?3", session_select());
-    sqlite3_stmt *s = conn_stmt(&st->rd, sql);
+    static char sql[2][1024];
+    char *q = sql[by_key];
+    if (!q[0])
+        snprintf(q, sizeof(sql[0]), "%s WHERE %s = ?2 AND s.org_id = ?3", session_select(),
+                 by_key ? "s.singleton_key" : "s.id");
+    sqlite3_stmt *s = conn_stmt(&st->rd, q);
     if (!s) return LD_E_STORAGE;
     bind_text(s, 1, user_id);
-    bind_text(s, 2, id);
+    bind_text(s, 2, value);
     bind_text(s, 3, org_id);
     enum ld_err e = LD_E_NOT_FOUND;
     if (sqlite3_step(s) == SQLITE_ROW) {
@@ -420,27 +423,32 @@ enum ld_err store_session_get(struct store *st, const char *org_id, const char *
     return e;
 }
 
+enum ld_err store_session_get(struct store *st, const char *org_id, const char *id,
+                              const char *user_id, struct arena *a, struct session_rec *out)
+{
+    return session_one(st, 0, org_id, id, user_id, a, out);
+}
+
 enum ld_err store_session_by_singleton(struct store *st, const char *org_id, const char *key,
                                        const char *user_id, struct arena *a,
                                        struct session_rec *out)
 {
-    static char sql[1024];
-    if (!sql[0])
-        snprintf(sql, sizeof(sql), "%s WHERE s.singleton_key = ?2 AND s.org_id = ?3",
-                 session_select());
-    sqlite3_stmt *s = conn_stmt(&st->rd, sql);
-    if (!s) return LD_E_STORAGE;
-    bind_text(s, 1, user_id);
-    bind_text(s, 2, key);
-    bind_text(s, 3, org_id);
-    enum ld_err e = LD_E_NOT_FOUND;
-    if (sqlite3_step(s) == SQLITE_ROW) {
-        read_session(s, a, out);
-        out->pinned = sqlite3_column_int(s, SESSION_NCOLS);
-        e = LD_OK;
+    return session_one(st, 1, org_id, key, user_id, a, out);
+}
+
+/* A LIKE pattern matching `text` anywhere, with %, _ and \ escaped. */
+static char *like_pattern(struct arena *a, const char *text)
+{
+    size_t n = strlen(text);
+    char *like = arena_alloc(a, 2 * n + 3), *p = like;
+    *p++ = '%';
+    for (const char *c = text; *c; c++) {
+        if (*c == '%' || *c == '_' || *c == '\\') *p++ = '\\';
+        *p++ = *c;
     }
-    sqlite3_reset(s);
-    return e;
+    *p++ = '%';
+    *p = 0;
+    return like;
 }
 
 /* Builds the WHERE clause of a session list from the filter.  Only fixed
@@ -478,19 +486,7 @@ enum ld_err store_session_list(struct store *st, const char *org_id, const char 
                                const struct session_filter *f, struct arena *a,
                                struct session_rec **rows, int *nrows, int64_t *total)
 {
-    char *like = NULL;
-    if (f->search) {
-        size_t n = strlen(f->search);
-        like = arena_alloc(a, 2 * n + 3);
-        char *p = like;
-        *p++ = '%';
-        for (const char *c = f->search; *c; c++) {
-            if (*c == '%' || *c == '_' || *c == '\\') *p++ = '\\';
-            *p++ = *c;
-        }
-        *p++ = '%';
-        *p = 0;
-    }
+    char *like = f->search ? like_pattern(a, f->search) : NULL;
     int unfiltered = !f->agent_id && !f->search && !f->status_mask && !f->outcome_mask &&
                      !f->created_after && !f->created_before;
     struct buf q;
@@ -606,19 +602,7 @@ enum ld_err store_agent_list(struct store *st, const char *org_id, const char *s
                              int include_archived, long offset, long limit, struct arena *a,
                              struct agent_rec **rows, int *nrows, int64_t *total)
 {
-    char *like = NULL;
-    if (search) {
-        size_t n = strlen(search);
-        like = arena_alloc(a, 2 * n + 3);
-        char *p = like;
-        *p++ = '%';
-        for (const char *c = search; *c; c++) {
-            if (*c == '%' || *c == '_' || *c == '\\') *p++ = '\\';
-            *p++ = *c;
-        }
-        *p++ = '%';
-        *p = 0;
-    }
+    char *like = search ? like_pattern(a, search) : NULL;
     const char *where = " WHERE a.org_id = ?1 AND (?2 OR a.archived_at IS NULL) AND (?3 IS NULL"
                         " OR a.name LIKE ?3 ESCAPE '\\' OR a.display_name LIKE ?3 ESCAPE '\\')";
     char sql[1024];
