@@ -8,6 +8,7 @@
  * accepting, let every request that waits for a commit finish (bounded by
  * --shutdown-timeout), flush, exit 0.
  */
+#include "api/api.h"
 #include "config.h"
 #include "engine/engine.h"
 #include "core/id.h"
@@ -248,9 +249,15 @@ int main(int argc, char **argv)
 
     log_info("shutting down", "inflight", "", NULL);
     server_quiesce(srv);
+    /* SSE streams end (clients resume elsewhere with their cursor); MHD
+     * must hold no suspended connection when it stops */
+    sse_close_all();
     int64_t deadline = time_mono_us() + cfg.shutdown_timeout * 1000000;
-    while ((server_inflight(srv) > 0 || store_pending(st) > 0) && time_mono_us() < deadline)
+    while ((server_inflight(srv) > 0 || store_pending(st) > 0 || sse_open_streams() > 0) &&
+           time_mono_us() < deadline) {
         loop_run_once(l, 50);
+        sse_close_all(); /* streams opened while draining end too */
+    }
     /* let the answers just queued reach their sockets */
     int64_t flush = time_mono_us() + 200000;
     while (time_mono_us() < flush)

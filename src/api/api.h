@@ -95,6 +95,9 @@ void h_messages_list(struct req *r);
 void h_events_list(struct req *r);
 void h_sse(struct req *r);
 void h_tool_results(struct req *r);
+/* shutdown: every SSE stream ends (returns how many were open) */
+long sse_close_all(void);
+long sse_open_streams(void);
 
 /* event filters: types / exclude (repeated keys), shared by /events and /sse */
 struct event_filter {

@@ -33,6 +33,7 @@
 #define SSE_PAGE 200
 
 struct sse {
+    struct sse *prev, *next; /* all open streams, for shutdown */
     struct engine_sub sub;
     struct engine *eng;
     struct store *st;
@@ -53,6 +54,33 @@ struct sse {
 };
 
 extern struct loop *server_loop(struct server *s);
+
+static struct sse *g_streams; /* loop-owned list of open streams */
+
+long sse_close_all(void)
+{
+    long n = 0;
+    for (struct sse *x = g_streams; x; x = x->next) {
+        if (!x->closing) {
+            x->closing = 1;
+            n++;
+        }
+        if (x->suspended) {
+            x->suspended = 0;
+            MHD_resume_connection(x->mc);
+            server_kick(x->srv);
+        }
+    }
+    return n;
+}
+
+long sse_open_streams(void)
+{
+    long n = 0;
+    for (struct sse *x = g_streams; x; x = x->next)
+        n++;
+    return n;
+}
 
 static void wake(struct sse *x)
 {
@@ -176,6 +204,11 @@ static void cycle(void *ud)
 static void sse_free(void *cls)
 {
     struct sse *x = cls;
+    if (x->prev)
+        x->prev->next = x->next;
+    else
+        g_streams = x->next;
+    if (x->next) x->next->prev = x->prev;
     engine_unsubscribe(x->eng, x->session_id, &x->sub);
     if (x->hb) loop_timer_cancel(x->loop, x->hb);
     if (x->cycle) loop_timer_cancel(x->loop, x->cycle);
@@ -219,6 +252,9 @@ void h_sse(struct req *r)
     buf_puts(&x->out, "event: connected\nretry: 100\ndata: {\"status\":\"connected\"}\n\n");
     x->sub.on_event = on_event;
     x->sub.ud = x;
+    x->next = g_streams;
+    if (g_streams) g_streams->prev = x;
+    g_streams = x;
     engine_subscribe(r->eng, &s, &x->sub);
     x->hb_ms = r->cfg->sse_heartbeat * 1000;
     x->hb = loop_timer_add(x->loop, x->hb_ms, heartbeat, x);

@@ -99,7 +99,8 @@ struct live {
     char *last_hints;
     int inflight; /* batches not yet committed */
     struct engine_sub *subs;
-    char *client_tools; /* "\nname\nname\n": the session's and agent's client tools */
+    struct cid_wait *cids; /* client_message_ids whose message is not yet durable */
+    char *client_tools;    /* "\nname\nname\n": the session's and agent's client tools */
     int max_iterations;
 };
 
@@ -110,6 +111,19 @@ struct engine {
     struct loop *loop;
     struct live *buckets[LIVE_BUCKETS];
     long running;
+};
+
+/* a posted message with a client_message_id, until it is durable; repeats
+ * of the id that arrive meanwhile wait on it */
+struct dup_waiter {
+    struct dup_waiter *next;
+    engine_msg_fn fn;
+    void *ud;
+};
+struct cid_wait {
+    struct cid_wait *next;
+    char cid[40];
+    struct dup_waiter *waiters;
 };
 
 /* one batch of events = one store op */
@@ -126,6 +140,7 @@ struct batch {
     void *cb_ud;
     const char *reply_msg; /* message JSON for engine_msg_fn */
     const char *delivery;
+    struct cid_wait *cid; /* this message's client_message_id, if any */
 };
 
 static unsigned hash_id(const char *s)
@@ -215,7 +230,7 @@ static struct live *live_get(struct engine *e, const struct session_rec *s)
 /* Frees a live record nobody needs; the log on disk is the truth. */
 static void live_maybe_free(struct engine *e, struct live *l)
 {
-    if (l->turn || l->subs || l->inflight || l->queued) return;
+    if (l->turn || l->subs || l->inflight || l->queued || l->cids) return;
     for (struct live **p = &e->buckets[hash_id(l->id)]; *p; p = &(*p)->next)
         if (*p == l) {
             *p = l->next;
@@ -285,7 +300,7 @@ static struct event_rec *emit(struct batch *b, const char *type, const char *dat
     jw_obj(&w);
     if (t) {
         jw_kstr(&w, "turn_id", t->id);
-        jw_kstr(&w, "input_message_id", t->input_msg_id);
+        jw_kstr_opt(&w, "input_message_id", t->input_msg_id);
     }
     jw_end(&w);
     jw_kraw(&w, "data", data);
@@ -524,11 +539,11 @@ static void step_start(struct engine *e, struct turn *t)
     id_new("message", t->out_msg_id);
     struct batch *b = batch_new(e, ls, t);
     char data[512];
-    snprintf(
-        data, sizeof(data),
-        "{\"harness_id\":\"%s\"%s%s%s,\"metadata\":{\"model\":\"llmsim\",\"model_id\":\"%s\"}}",
-        ls->harness_id, ls->agent_id[0] ? ",\"agent_id\":\"" : "", ls->agent_id,
-        ls->agent_id[0] ? "\"" : "", ls->model_id);
+    /* ModelMetadata.model_id is a bare UUID upstream; the typed model id
+     * is on the session, so only the model's name goes here */
+    snprintf(data, sizeof(data),
+             "{\"harness_id\":\"%s\"%s%s%s,\"metadata\":{\"model\":\"llmsim\"}}", ls->harness_id,
+             ls->agent_id[0] ? ",\"agent_id\":\"" : "", ls->agent_id, ls->agent_id[0] ? "\"" : "");
     emit(b, "reason.started", data, NULL);
     if (!t->plan.fail_code) {
         snprintf(data, sizeof(data),
@@ -990,9 +1005,33 @@ static void start_turn_for(struct engine *e, struct live *ls, const char *input_
 
 static void abandon_turn(struct batch *b);
 
+/* answers the repeats of a client_message_id that waited for this batch */
+static void release_cid(struct batch *b)
+{
+    struct cid_wait *c = b->cid;
+    if (!c) return;
+    for (struct cid_wait **p = &b->ls->cids; *p; p = &(*p)->next)
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    while (c->waiters) {
+        struct dup_waiter *w = c->waiters;
+        c->waiters = w->next;
+        if (b->op.err == LD_OK)
+            w->fn(w->ud, LD_OK, NULL, b->reply_msg, "duplicate");
+        else
+            w->fn(w->ud, b->op.err, b->op.detail, NULL, NULL);
+        free(w);
+    }
+    free(c);
+    b->cid = NULL;
+}
+
 static void message_committed(struct batch *b)
 {
     engine_msg_fn fn = (engine_msg_fn)(void (*)(void))b->cb;
+    release_cid(b);
     if (b->op.err != LD_OK) {
         fn(b->cb_ud, b->op.err, b->op.detail, NULL, NULL);
         abandon_turn(b);
@@ -1013,32 +1052,51 @@ static void abandon_turn(struct batch *b)
 }
 
 struct dup_find {
-    const char *want;
+    const char *cid;
     char *found;
 };
 
+/* a stored message whose own client_message_id is the one looked for (not
+ * one that merely mentions it, in its metadata say) */
 static void dup_cb(const char *json, void *ud)
 {
     struct dup_find *d = ud;
-    if (d->found || !strstr(json, d->want)) return;
-    d->found = strdup(json);
+    if (d->found || !strstr(json, d->cid)) return;
+    json_t *m = json_loads(json, 0, NULL);
+    const char *v = json_string_value(json_object_get(m, "client_message_id"));
+    if (v && strcmp(v, d->cid) == 0) d->found = strdup(json);
+    json_decref(m);
 }
 
 void engine_post_message(struct engine *e, const struct session_rec *s,
                          const struct engine_input *in, engine_msg_fn fn, void *ud)
 {
+    struct live *ls = live_get(e, s);
+    struct cid_wait *cw = NULL;
     if (in->client_message_id) {
-        char want[96];
-        snprintf(want, sizeof(want), "\"client_message_id\":\"%s\"", in->client_message_id);
-        struct dup_find d = {want, NULL};
+        for (struct cid_wait *c = ls->cids; c; c = c->next)
+            if (strcmp(c->cid, in->client_message_id) == 0) {
+                /* the first post of this id is not durable yet: answer with it */
+                struct dup_waiter *w = xcalloc(1, sizeof(*w));
+                w->fn = fn;
+                w->ud = ud;
+                w->next = c->waiters;
+                c->waiters = w;
+                return;
+            }
+        struct dup_find d = {in->client_message_id, NULL};
         store_messages(e->st, s->id, dup_cb, &d);
         if (d.found) {
             fn(ud, LD_OK, NULL, d.found, "duplicate");
             free(d.found);
+            live_maybe_free(e, ls);
             return;
         }
+        cw = xcalloc(1, sizeof(*cw));
+        snprintf(cw->cid, sizeof(cw->cid), "%s", in->client_message_id);
+        cw->next = ls->cids;
+        ls->cids = cw;
     }
-    struct live *ls = live_get(e, s);
     free(ls->last_text);
     ls->last_text = xstrdup(in->text ? in->text : "");
     free(ls->last_hints);
@@ -1046,6 +1104,7 @@ void engine_post_message(struct engine *e, const struct session_rec *s,
     struct batch *b = batch_new(e, ls, NULL);
     b->cb = (void *)(void (*)(void))fn;
     b->cb_ud = ud;
+    b->cid = cw;
     char msg_id[ID_MAX];
     id_new("message", msg_id);
     int64_t now = time_now_us();
@@ -1271,6 +1330,16 @@ void engine_free(struct engine *e)
                 arena_free(&l->turn->arena);
                 free(l->turn);
             }
+            while (l->cids) {
+                struct cid_wait *c = l->cids;
+                l->cids = c->next;
+                while (c->waiters) {
+                    struct dup_waiter *w = c->waiters;
+                    c->waiters = w->next;
+                    free(w);
+                }
+                free(c);
+            }
             free(l->last_text);
             free(l->last_hints);
             free(l->client_tools);
@@ -1303,6 +1372,11 @@ int engine_recover(struct engine *e)
         struct batch *b = batch_new(e, ls, NULL);
         char data[512];
         const char *tid = rows[i].turn_id[0] ? rows[i].turn_id : "";
+        /* a stand-in turn, only so that the events carry its id as context */
+        struct turn ctx;
+        memset(&ctx, 0, sizeof(ctx));
+        snprintf(ctx.id, sizeof(ctx.id), "%s", tid);
+        if (tid[0]) b->turn = &ctx;
         snprintf(data, sizeof(data),
                  "{\"turn_id\":\"%s\",\"error\":\"The server stopped while this turn was "
                  "running; it could not be resumed.\",\"error_code\":\"processing_error\"}",
@@ -1312,6 +1386,7 @@ int engine_recover(struct engine *e)
         snprintf(data, sizeof(data), "{\"turn_id\":\"%s\"}", tid);
         ev = emit(b, "session.idled", data, NULL);
         ev->turn_id = tid[0] ? arena_strdup(&b->arena, tid) : NULL;
+        b->turn = NULL;
         b->upd.set_status = 1;
         b->upd.status = SS_IDLE;
         b->upd.set_outcome = 1;

@@ -655,3 +655,309 @@ def pytest_runtest_makereport(item, call):
 
 def url_path(url):
     return urlsplit(url).path
+
+
+# --------------------------------------------------------------------------
+# Turns, events and SSE (helpers for test_turns.py, test_sse.py and
+# tests/durability/test_turn_crash.py)
+# --------------------------------------------------------------------------
+
+EVENT_ID_RE = id_re("event")
+TURN_ID_RE = id_re("turn")
+MESSAGE_ID_RE = id_re("message")
+EVENT_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+DELTA_TYPES = ("output.message.delta",)
+
+
+def user_message(text, hints=None, **extra):
+    """A POST /messages body with one text part (and llmsim hints)."""
+    body = {"message": {"role": "user", "content": [{"type": "text", "text": text}]}}
+    if hints is not None:
+        body["controls"] = {"hints": {"llmsim": hints}}
+    body.update(extra)
+    return body
+
+
+def post_message(client, sid, text="hello", hints=None, status=201, **extra):
+    """POST a user message; assert `status`; return the Message JSON."""
+    r = client.post("/v1/sessions/%s/messages" % sid, user_message(text, hints, **extra))
+    expect(r, status)
+    return r.json()
+
+
+def get_events(client, sid, params=None):
+    r = expect(client.get("/v1/sessions/%s/events" % sid, params=params), 200)
+    body = r.json()
+    assert isinstance(body.get("data"), list), body
+    return body["data"]
+
+
+def get_session(client, sid):
+    return expect(client.get("/v1/sessions/%s" % sid), 200).json()
+
+
+def wait_for(pred, timeout=10.0, what="condition", interval=0.02):
+    """Poll `pred()` until it returns a truthy value (returned) or the
+    deadline passes (AssertionError).  Polling bounded by a deadline."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        last = pred()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s (last: %r)"
+                                 % (timeout, what, last))
+        time.sleep(interval)  # polling interval, not synchronisation
+
+
+def wait_turn_end(client, sid, turns=1, timeout=15.0):
+    """Poll the log until `turns` turns ended (session.idled count) and the
+    session is idle; return the whole log."""
+    def done():
+        evs = get_events(client, sid)
+        n = sum(1 for e in evs if e["type"] == "session.idled")
+        if n >= turns and get_session(client, sid)["status"] == "idle":
+            return evs
+        return None
+    return wait_for(done, timeout, "%d turn(s) of %s to end" % (turns, sid))
+
+
+def check_log(events, sid=None):
+    """A session's whole log: sequences 1..N without gaps, unique ids."""
+    seqs = [e.get("sequence") for e in events]
+    assert seqs == list(range(1, len(events) + 1)), "sequences not 1..N gapless: %s" % seqs
+    ids = [e["id"] for e in events]
+    assert len(set(ids)) == len(ids), "duplicate event ids"
+    for e in events:
+        assert EVENT_ID_RE.match(e["id"]), e
+        assert EVENT_TS_RE.match(e["ts"]), "ts not RFC 3339 UTC with ms: %r" % e["ts"]
+        if sid is not None:
+            assert e["session_id"] == sid, e
+
+
+class SSEFrame:
+    """One dispatched SSE block: `event`, `id`, `retry`, `data` (text, or
+    None) and `comments` (the comment lines without ': ')."""
+
+    def __init__(self):
+        self.event = None
+        self.id = None
+        self.retry = None
+        self.data = None
+        self.comments = []
+        self.fields = []
+
+    @property
+    def is_comment(self):
+        return self.event is None and self.data is None and bool(self.comments)
+
+    def json(self):
+        return json.loads(self.data)
+
+    def __repr__(self):
+        return "SSEFrame(event=%r, id=%r, retry=%r, comments=%r, data=%r)" % (
+            self.event, self.id, self.retry, self.comments, (self.data or "")[:200])
+
+
+class SSEStream:
+    """A GET .../sse over a raw socket, read with deadlines.  Handles chunked
+    and close-delimited bodies; frames are parsed per the SSE spec."""
+
+    def __init__(self, server, path, key=_MISSING, headers=None, params=None, timeout=10.0):
+        self.server = server
+        key = server.key if key is _MISSING else key
+        target = path
+        if params:
+            from urllib.parse import urlencode
+            target += "?" + urlencode(params, doseq=True)
+        lines = ["GET %s HTTP/1.1" % target, "Host: 127.0.0.1:%d" % server.port,
+                 "Accept: text/event-stream"]
+        if key is not None:
+            lines.append("Authorization: %s" % key)
+        for k, v in (headers or {}).items():
+            lines.append("%s: %s" % (k, v))
+        self.sock = raw_connect(server.port)
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.raw = b""       # bytes after the header block, not yet de-chunked
+        self.body = b""      # de-chunked body not yet parsed into frames
+        self.eof = False
+        self.chunked = False
+        self.frames_seen = []
+        self.status = None
+        self.headers = {}
+        self.error_body = b""
+        self._read_head(time.monotonic() + timeout)
+
+    def _recv(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        r, _, _ = select.select([self.sock], [], [], left)
+        if not r:
+            return False
+        try:
+            chunk = self.sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            return True
+        self.raw += chunk
+        return True
+
+    def _read_head(self, deadline):
+        while b"\r\n\r\n" not in self.raw:
+            if self.eof or not self._recv(deadline):
+                raise AssertionError("no SSE response head (eof=%s): %r" % (self.eof, self.raw[:500]))
+        head, self.raw = self.raw.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split(" ", 2)[1])
+        for line in lines[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                self.headers[k.strip().lower()] = v.strip()
+        self.chunked = self.headers.get("transfer-encoding", "").lower() == "chunked"
+        if self.status != 200:
+            # read the (small) error body completely
+            while not self.eof:
+                if "content-length" in self.headers and \
+                        len(self.raw) >= int(self.headers["content-length"]):
+                    break
+                if self.chunked and self.raw.endswith(b"0\r\n\r\n"):
+                    break
+                if not self._recv(deadline):
+                    break
+            self._dechunk()
+            self.error_body = self.body
+            if "content-length" in self.headers:
+                self.error_body = self.error_body[:int(self.headers["content-length"])]
+
+    def _dechunk(self):
+        if not self.chunked:
+            self.body += self.raw
+            self.raw = b""
+            return
+        while True:
+            eol = self.raw.find(b"\r\n")
+            if eol < 0:
+                return
+            size = int(self.raw[:eol].split(b";")[0], 16)
+            if size == 0:
+                self.raw = b""
+                self.eof = True
+                return
+            if len(self.raw) < eol + 2 + size + 2:
+                return
+            self.body += self.raw[eol + 2:eol + 2 + size]
+            self.raw = self.raw[eol + 2 + size + 2:]
+
+    def problem(self):
+        """The error response as a RawResponse (for assert_problem)."""
+        return RawResponse(self.status, self.headers, self.error_body)
+
+    def next_frame(self, timeout=10.0):
+        """The next frame, or None at end of stream.  AssertionError when
+        nothing complete arrives before the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._dechunk()
+            self.body = self.body.replace(b"\r\n", b"\n")
+            end = self.body.find(b"\n\n")
+            if end >= 0:
+                block, self.body = self.body[:end], self.body[end + 2:]
+                frame = SSEFrame()
+                for line in block.decode("utf-8").split("\n"):
+                    if line.startswith(":"):
+                        frame.comments.append(line[1:].lstrip(" "))
+                        continue
+                    name, _, value = line.partition(":")
+                    if value.startswith(" "):
+                        value = value[1:]
+                    frame.fields.append(name)
+                    if name == "event":
+                        frame.event = value
+                    elif name == "id":
+                        frame.id = value
+                    elif name == "retry":
+                        frame.retry = int(value)
+                    elif name == "data":
+                        frame.data = value if frame.data is None else frame.data + "\n" + value
+                self.frames_seen.append(frame)
+                return frame
+            if self.eof:
+                assert not self.body.strip(), "stream ended inside a frame: %r" % self.body[:300]
+                return None
+            if not self._recv(deadline):
+                raise AssertionError("no complete SSE frame within %.1fs; pending %r"
+                                     % (timeout, self.body[:300]))
+
+    def next_event(self, timeout=10.0):
+        """The next frame that is not a comment (heartbeat), or None at EOF."""
+        deadline = time.monotonic() + timeout
+        while True:
+            f = self.next_frame(max(0.0, deadline - time.monotonic()))
+            if f is None or not f.is_comment:
+                return f
+
+    def read_until(self, pred, timeout=10.0):
+        """Event frames (not comments) up to and including the first one for
+        which pred(frame) is true."""
+        deadline = time.monotonic() + timeout
+        out = []
+        while True:
+            f = self.next_event(max(0.0, deadline - time.monotonic()))
+            assert f is not None, "stream ended before the awaited frame; got %r" % out[-5:]
+            out.append(f)
+            if pred(f):
+                return out
+
+    def expect_silence(self, seconds):
+        """No event frame (comments allowed) and no EOF for `seconds`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                f = self.next_frame(max(0.0, deadline - time.monotonic()))
+            except AssertionError:
+                return
+            assert f is not None, "stream closed during the quiet period"
+            assert f.is_comment, "unexpected frame during the quiet period: %r" % f
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_sse(server, sid, key=_MISSING, headers=None, params=None, connected=True):
+    """Open /v1/sessions/{sid}/sse; with connected=True assert a 200
+    text/event-stream whose first frame is `connected`."""
+    s = SSEStream(server, "/v1/sessions/%s/sse" % sid, key=key, headers=headers, params=params)
+    if connected:
+        assert s.status == 200, "SSE open failed: %d %r" % (s.status, s.error_body[:500])
+        ctype = s.headers.get("content-type", "")
+        assert ctype.split(";")[0].strip() == "text/event-stream", s.headers
+        f = s.next_frame(5)
+        assert f is not None and f.event == "connected", "first frame is not connected: %r" % f
+        assert f.id is None, "connected must carry no id: %r" % f
+        assert json.loads(f.data) == {"status": "connected"}, f
+    return s
+
+
+def sse_event(frame, sid=None):
+    """An event frame's Event JSON, with the frame/JSON agreement checked."""
+    assert frame.event and frame.data is not None, frame
+    ev = json.loads(frame.data)
+    assert "\n" not in frame.data, "data must be on one line"
+    assert frame.event == ev["type"], "event: %r != type %r" % (frame.event, ev["type"])
+    assert frame.id == ev["id"], "id: %r != %r" % (frame.id, ev["id"])
+    if sid is not None:
+        assert ev["session_id"] == sid, "foreign event on %s's stream: %r" % (sid, ev)
+    return ev
