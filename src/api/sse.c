@@ -24,6 +24,7 @@
 #include "api/api.h"
 #include "engine/engine.h"
 #include "loop.h"
+#include "util/timeutil.h"
 #include <microhttpd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,8 +50,8 @@ struct sse {
     int closing, ended;
     struct buf out;
     size_t off;
-    struct loop_timer *hb, *cycle;
-    long hb_ms;
+    int64_t next_hb, cycle_at; /* monotonic µs */
+    int64_t hb_us;
 };
 
 extern struct loop *server_loop(struct server *s);
@@ -175,30 +176,32 @@ static ssize_t reader(void *cls, uint64_t pos, char *buf, size_t max)
     }
 }
 
-static void heartbeat(void *ud)
+/*
+ * Heartbeats and cycling for all streams from the loop's tick: one pass
+ * over the list every LOOP_TICK_MS, rather than a timer per stream (with
+ * 10,000 streams, timers cost an O(n) insertion each and a separate MHD
+ * run per wake-up; this batches every wake-up of a tick into one).
+ */
+static void sweep(void *ud)
 {
-    struct sse *x = ud;
-    x->hb = loop_timer_add(x->loop, x->hb_ms, heartbeat, x);
-    if (x->closing) return;
-    compact(x);
-    buf_puts(&x->out, ": heartbeat\n\n");
-    wake(x);
-}
-
-static void cycle(void *ud)
-{
-    struct sse *x = ud;
-    x->cycle = NULL;
-    if (x->closing) return;
-    if (x->out.len - x->off) {
-        /* send `disconnecting` on its own: retry once the backlog drained */
-        x->cycle = loop_timer_add(x->loop, 50, cycle, x);
-        return;
+    (void)ud;
+    int64_t now = time_mono_us();
+    for (struct sse *x = g_streams; x; x = x->next) {
+        if (x->closing) continue;
+        if (now >= x->cycle_at && x->out.len == x->off) {
+            /* `disconnecting` goes on its own, once nothing else is pending */
+            compact(x);
+            buf_puts(&x->out, "event: disconnecting\nretry: 100\ndata: "
+                              "{\"reason\":\"connection_cycle\",\"retry_ms\":100}\n\n");
+            x->closing = 1;
+            wake(x);
+        } else if (now >= x->next_hb) {
+            x->next_hb = now + x->hb_us;
+            compact(x);
+            buf_puts(&x->out, ": heartbeat\n\n");
+            wake(x);
+        }
     }
-    buf_puts(&x->out, "event: disconnecting\nretry: 100\ndata: "
-                      "{\"reason\":\"connection_cycle\",\"retry_ms\":100}\n\n");
-    x->closing = 1;
-    wake(x);
 }
 
 static void sse_free(void *cls)
@@ -210,8 +213,6 @@ static void sse_free(void *cls)
         g_streams = x->next;
     if (x->next) x->next->prev = x->prev;
     engine_unsubscribe(x->eng, x->session_id, &x->sub);
-    if (x->hb) loop_timer_cancel(x->loop, x->hb);
-    if (x->cycle) loop_timer_cancel(x->loop, x->cycle);
     for (int i = 0; i < 26; i++) {
         free(x->types[i]);
         free(x->exclude[i]);
@@ -256,15 +257,20 @@ void h_sse(struct req *r)
     if (g_streams) g_streams->prev = x;
     g_streams = x;
     engine_subscribe(r->eng, &s, &x->sub);
-    x->hb_ms = r->cfg->sse_heartbeat * 1000;
-    x->hb = loop_timer_add(x->loop, x->hb_ms, heartbeat, x);
-    long cyc = r->cfg->sse_cycle * 1000;
+    static int swept;
+    if (!swept) {
+        loop_on_tick(x->loop, sweep, NULL);
+        swept = 1;
+    }
+    int64_t now = time_mono_us();
+    x->hb_us = r->cfg->sse_heartbeat * 1000000;
+    x->next_hb = now + x->hb_us;
+    int64_t cyc = r->cfg->sse_cycle * 1000000;
     unsigned jitter;
     random_bytes(&jitter, sizeof(jitter));
-    cyc = cyc * 8 / 10 + (long)(jitter % (unsigned)(cyc * 4 / 10 + 1));
-    x->cycle = loop_timer_add(x->loop, cyc, cycle, x);
+    x->cycle_at = now + cyc * 8 / 10 + (int64_t)(jitter % (uint64_t)(cyc * 4 / 10 + 1));
     struct MHD_Response *resp =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, reader, x, sse_free);
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, reader, x, sse_free);
     MHD_add_response_header(resp, "Content-Type", "text/event-stream");
     MHD_add_response_header(resp, "Cache-Control", "no-cache");
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
