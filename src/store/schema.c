@@ -76,9 +76,11 @@ static const char *const migrations[] = {
      * from 1 with no gaps (the loop assigns, the writer commits in order).
      * `body` is the whole Event JSON as sent; `message` the Message JSON of
      * events that carry one (input.message, output.message.completed,
-     * tool.completed), from which GET .../messages is rebuilt. */
+     * tool.completed), from which GET .../messages is rebuilt.  No index on
+     * `id`: a cursor is looked up within its session's rows only (on a
+     * reconnect), while every event would pay for the index. */
     "CREATE TABLE events(session_id TEXT NOT NULL, sequence INTEGER NOT NULL,"
-    "  id TEXT NOT NULL UNIQUE, type TEXT NOT NULL, ts INTEGER NOT NULL, turn_id TEXT,"
+    "  id TEXT NOT NULL, type TEXT NOT NULL, ts INTEGER NOT NULL, turn_id TEXT,"
     "  body TEXT NOT NULL, message TEXT, PRIMARY KEY(session_id, sequence)) WITHOUT ROWID;"
     "CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN"
     "  SELECT RAISE(ABORT, 'events are immutable');"
