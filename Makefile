@@ -81,7 +81,8 @@ api-asan: build/asan/loopd
 # the resource suites again with the server under valgrind memcheck
 api-valgrind: build/loopd
 	LOOPD_BIN=scripts/valgrind-loopd $(PY) -m pytest -q tests/api/test_sessions.py \
-		tests/api/test_agents.py tests/api/test_chat.py
+		tests/api/test_agents.py tests/api/test_chat.py tests/api/test_turns.py \
+		tests/api/test_sse.py
 
 test: deps
 	@$(MAKE) --no-print-directory all check-format
