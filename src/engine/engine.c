@@ -31,6 +31,7 @@
 #include "engine/engine.h"
 #include "core/builtins.h"
 #include "limits.h"
+#include "engine/tools.h"
 #include "llm/sim.h"
 #include "log.h"
 #include "loop.h"
@@ -646,21 +647,6 @@ static void tool_result_message(struct batch *b, struct pending_call *c, const c
     buf_free(&d);
 }
 
-/* Built-in server-side tools.  Pure and instant; each runs only after its
- * tool.started is durable (the ledger), and its tool.completed commits
- * before the turn goes on, so a call is never run twice for one id. */
-static void run_builtin(struct pending_call *c, struct buf *out, const char **error)
-{
-    *error = NULL;
-    if (strcmp(c->name, "current_time") == 0) {
-        char ts[40];
-        time_format(time_now_us(), ts, sizeof(ts));
-        buf_puts(out, ts);
-        return;
-    }
-    *error = "Unknown tool";
-}
-
 static void emit_call_requested(struct batch *b, struct turn *t)
 {
     struct buf d;
@@ -694,17 +680,34 @@ static void run_server_tools(struct batch *done)
     if (done->op.err != LD_OK || t->state != T_TOOLS) return;
     struct batch *b = batch_new(e, t->ls, t);
     int ok = 0, bad = 0;
+    /* the tools read committed state; their writes commit with their
+     * tool.completed in this batch (see tools.h) */
+    struct session_rec srec;
+    struct tool_ctx ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.st = e->st;
+    ctx.a = &b->arena;
+    ctx.session = &srec;
+    int have = store_session_get(e->st, t->ls->org_id, t->ls->id, "", &b->arena, &srec) == LD_OK;
     for (int i = 0; i < t->ncalls; i++) {
         struct pending_call *c = &t->calls[i];
         if (c->client || c->answered) continue;
         struct buf out;
-        buf_init(&out, 64 * 1024);
-        const char *error;
+        buf_init(&out, TOOL_MAX_OUTPUT + 256);
+        const char *error = NULL;
         int64_t t0 = time_mono_us();
-        run_builtin(c, &out, &error);
+        if (!have || !tool_available(&srec, c->name))
+            error = "Unknown tool: no client-side or built-in tool of that name in this session";
+        else
+            tool_run(&ctx, c->name, c->arguments, &out, &error);
         tool_result_message(b, c, out.data ? out.data : "", error, (time_mono_us() - t0) / 1000);
         error ? bad++ : ok++;
         buf_free(&out);
+    }
+    if (ctx.neffects) {
+        b->op.effects = arena_alloc(&b->arena, sizeof(ctx.effects[0]) * (size_t)ctx.neffects);
+        memcpy(b->op.effects, ctx.effects, sizeof(ctx.effects[0]) * (size_t)ctx.neffects);
+        b->op.neffects = ctx.neffects;
     }
     char data[160];
     snprintf(data, sizeof(data), "{\"completed\":true,\"success_count\":%d,\"error_count\":%d}", ok,

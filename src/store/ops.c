@@ -301,6 +301,40 @@ static void events_append(struct conn *c, struct store_op *op)
         bind_text_opt(st, 8, e->message);
         if (step_done(c, st, op)) return;
     }
+    int64_t now = op->update ? op->update->now : 0;
+    for (int i = 0; i < op->neffects; i++) {
+        const struct tool_effect *x = &op->effects[i];
+        switch (x->kind) {
+        case TE_KV_SET:
+            st = conn_stmt(c, "INSERT INTO session_kv(session_id, key, value, is_secret,"
+                              " updated_at) VALUES(?1, ?2, ?3, ?4, ?5)"
+                              " ON CONFLICT(session_id, key) DO UPDATE SET value = excluded.value,"
+                              " is_secret = excluded.is_secret, updated_at = excluded.updated_at");
+            break;
+        case TE_KV_DELETE:
+            st = conn_stmt(c, "DELETE FROM session_kv WHERE session_id = ?1 AND key = ?2");
+            break;
+        default:
+            st = conn_stmt(c, "INSERT INTO session_files(session_id, path, content, updated_at)"
+                              " VALUES(?1, ?2, ?3, ?4) ON CONFLICT(session_id, path) DO UPDATE"
+                              " SET content = excluded.content, updated_at = excluded.updated_at");
+        }
+        if (!st) {
+            fail(op, LD_E_STORAGE, "Storage error");
+            return;
+        }
+        bind_text(st, 1, op->id);
+        bind_text(st, 2, x->key);
+        if (x->kind == TE_KV_SET) {
+            bind_text(st, 3, x->value);
+            sqlite3_bind_int(st, 4, x->secret);
+            sqlite3_bind_int64(st, 5, now);
+        } else if (x->kind == TE_FILE_WRITE) {
+            bind_text(st, 3, x->value);
+            sqlite3_bind_int64(st, 4, now);
+        }
+        if (step_done(c, st, op)) return;
+    }
     const struct session_update *u = op->update;
     if (!u) return;
     st = conn_stmt(

@@ -89,6 +89,20 @@ static const char *const migrations[] = {
     "  DELETE FROM events WHERE session_id = old.id;"
     "END;"
     "ALTER TABLE sessions ADD COLUMN turn_id TEXT;",
+    /* 3: what server-side tools keep per session: key-value pairs and
+     * secrets (session_storage) and files (session_file_system).  Written
+     * only in the transaction that commits the tool call's tool.completed,
+     * so a call's effect and its ledger entry are durable together. */
+    "CREATE TABLE session_kv(session_id TEXT NOT NULL, key TEXT NOT NULL,"
+    "  value TEXT NOT NULL, is_secret INTEGER NOT NULL DEFAULT 0,"
+    "  updated_at INTEGER NOT NULL, PRIMARY KEY(session_id, key)) WITHOUT ROWID;"
+    "CREATE TABLE session_files(session_id TEXT NOT NULL, path TEXT NOT NULL,"
+    "  content TEXT NOT NULL, updated_at INTEGER NOT NULL,"
+    "  PRIMARY KEY(session_id, path)) WITHOUT ROWID;"
+    "CREATE TRIGGER sessions_ad_tools AFTER DELETE ON sessions BEGIN"
+    "  DELETE FROM session_kv WHERE session_id = old.id;"
+    "  DELETE FROM session_files WHERE session_id = old.id;"
+    "END;",
 };
 #define NMIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))
 

@@ -830,6 +830,65 @@ void store_sessions_running(struct store *st, struct arena *a, struct session_re
     sqlite3_reset(s);
 }
 
+enum ld_err store_kv_get(struct store *st, const char *session_id, const char *key, struct arena *a,
+                         const char **value, int *secret)
+{
+    sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT value, is_secret FROM session_kv"
+                                         " WHERE session_id = ? AND key = ?");
+    if (!s) return LD_E_STORAGE;
+    bind_text(s, 1, session_id);
+    bind_text(s, 2, key);
+    enum ld_err e = LD_E_NOT_FOUND;
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        *value = col_text(s, 0, a);
+        *secret = sqlite3_column_int(s, 1);
+        e = LD_OK;
+    }
+    sqlite3_reset(s);
+    return e;
+}
+
+void store_kv_list(struct store *st, const char *session_id,
+                   void (*fn)(const char *key, int secret, void *ud), void *ud)
+{
+    sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT key, is_secret FROM session_kv"
+                                         " WHERE session_id = ? ORDER BY key LIMIT 1000");
+    if (!s) return;
+    bind_text(s, 1, session_id);
+    while (sqlite3_step(s) == SQLITE_ROW)
+        fn((const char *)sqlite3_column_text(s, 0), sqlite3_column_int(s, 1), ud);
+    sqlite3_reset(s);
+}
+
+enum ld_err store_file_get(struct store *st, const char *session_id, const char *path,
+                           struct arena *a, const char **content)
+{
+    sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT content FROM session_files"
+                                         " WHERE session_id = ? AND path = ?");
+    if (!s) return LD_E_STORAGE;
+    bind_text(s, 1, session_id);
+    bind_text(s, 2, path);
+    enum ld_err e = LD_E_NOT_FOUND;
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        *content = col_text(s, 0, a);
+        e = LD_OK;
+    }
+    sqlite3_reset(s);
+    return e;
+}
+
+void store_files_list(struct store *st, const char *session_id,
+                      void (*fn)(const char *path, const char *content, void *ud), void *ud)
+{
+    sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT path, content FROM session_files"
+                                         " WHERE session_id = ? ORDER BY path LIMIT 10000");
+    if (!s) return;
+    bind_text(s, 1, session_id);
+    while (sqlite3_step(s) == SQLITE_ROW)
+        fn((const char *)sqlite3_column_text(s, 0), (const char *)sqlite3_column_text(s, 1), ud);
+    sqlite3_reset(s);
+}
+
 void store_idem_expire(struct store *st, int64_t before_us)
 {
     struct conn c;

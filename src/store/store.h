@@ -45,6 +45,16 @@ struct event_rec {
     const char *message; /* the Message JSON, or NULL */
 };
 
+/* A server-side tool's change to the session's storage or files, committed
+ * with the events of the same op. */
+enum tool_effect_kind { TE_KV_SET, TE_KV_DELETE, TE_FILE_WRITE };
+struct tool_effect {
+    int kind;
+    const char *key; /* or the file path */
+    const char *value;
+    int secret;
+};
+
 /* Session columns a turn changes with its events; 0/NULL = unchanged. */
 struct session_update {
     int set_status, status;
@@ -80,6 +90,8 @@ struct store_op {
     struct event_rec *events;
     int nevents;
     struct session_update *update;
+    struct tool_effect *effects;
+    int neffects;
 
     /* results */
     enum ld_err err;
@@ -185,6 +197,17 @@ enum ld_err store_messages(struct store *st, const char *session_id,
                            void (*fn)(const char *json, void *ud), void *ud);
 /* Sessions whose status says a turn runs (active, waiting): for recovery. */
 void store_sessions_running(struct store *st, struct arena *a, struct session_rec **rows, int *n);
+
+/* ---- what server-side tools read ---- */
+/* value of a key (secret: whether it is one); LD_E_NOT_FOUND if none */
+enum ld_err store_kv_get(struct store *st, const char *session_id, const char *key, struct arena *a,
+                         const char **value, int *secret);
+void store_kv_list(struct store *st, const char *session_id,
+                   void (*fn)(const char *key, int secret, void *ud), void *ud);
+enum ld_err store_file_get(struct store *st, const char *session_id, const char *path,
+                           struct arena *a, const char **content);
+void store_files_list(struct store *st, const char *session_id,
+                      void (*fn)(const char *path, const char *content, void *ud), void *ud);
 
 /* Deletes idempotency records older than `before_us` (housekeeping). */
 void store_idem_expire(struct store *st, int64_t before_us);
