@@ -7,10 +7,10 @@
 #include "util/mem.h"
 #include "util/timeutil.h"
 #include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
-#define MAX_FDS 16
 #define MAX_TICKS 8
 
 struct watch {
@@ -29,8 +29,8 @@ struct loop_timer {
 struct loop {
     int ep;
     struct loop_timer *timers; /* sorted by due */
-    struct watch w[MAX_FDS];
-    int nw;
+    struct watch *w;           /* indexed by fd; fn == NULL: not watched */
+    int nw;                    /* entries allocated */
     struct {
         loop_tick_fn fn;
         void *ud;
@@ -69,20 +69,27 @@ void loop_free(struct loop *l)
 
 int loop_add_fd(struct loop *l, int fd, uint32_t events, loop_fd_fn fn, void *ud)
 {
-    if (l->nw == MAX_FDS) return -1;
-    struct epoll_event ev = {.events = events, .data.u32 = (uint32_t)l->nw};
-    if (epoll_ctl(l->ep, EPOLL_CTL_ADD, fd, &ev) < 0) return -1;
-    l->w[l->nw++] = (struct watch){fd, fn, ud};
+    if (fd < 0) return -1;
+    if (fd >= l->nw) {
+        int n = l->nw ? l->nw : 64;
+        while (n <= fd)
+            n *= 2;
+        l->w = xrealloc(l->w, sizeof(*l->w) * (size_t)n);
+        memset(l->w + l->nw, 0, sizeof(*l->w) * (size_t)(n - l->nw));
+        l->nw = n;
+    }
+    struct epoll_event ev = {.events = events, .data.fd = fd};
+    int op = l->w[fd].fn ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(l->ep, op, fd, &ev) < 0) return -1;
+    l->w[fd] = (struct watch){fd, fn, ud};
     return 0;
 }
 
 void loop_del_fd(struct loop *l, int fd)
 {
-    for (int i = 0; i < l->nw; i++)
-        if (l->w[i].fd == fd) {
-            epoll_ctl(l->ep, EPOLL_CTL_DEL, fd, NULL);
-            l->w[i].fn = NULL;
-        }
+    if (fd < 0 || fd >= l->nw || !l->w[fd].fn) return;
+    epoll_ctl(l->ep, EPOLL_CTL_DEL, fd, NULL);
+    l->w[fd].fn = NULL;
 }
 
 void loop_on_tick(struct loop *l, loop_tick_fn fn, void *ud)
@@ -160,8 +167,8 @@ void loop_run_once(struct loop *l, long max_ms)
     struct epoll_event evs[32];
     int n = epoll_wait(l->ep, evs, 32, (int)wait);
     for (int i = 0; i < n; i++) {
-        struct watch *w = &l->w[evs[i].data.u32];
-        if (w->fn) w->fn(w->ud, evs[i].events);
+        int fd = evs[i].data.fd;
+        if (fd < l->nw && l->w[fd].fn) l->w[fd].fn(l->w[fd].ud, evs[i].events);
     }
     run_timers(l);
     if (l->after) l->after(l->aud);

@@ -17,6 +17,7 @@ typedef long (*loop_timeout_fn)(void *ud);
 
 struct loop *loop_new(void);
 void loop_free(struct loop *l);
+/* Watches fd (or changes what is watched); one watcher per fd. */
 int loop_add_fd(struct loop *l, int fd, uint32_t events, loop_fd_fn fn, void *ud);
 void loop_del_fd(struct loop *l, int fd);
 void loop_on_tick(struct loop *l, loop_tick_fn fn, void *ud);
