@@ -82,7 +82,7 @@ api-asan: build/asan/loopd
 api-valgrind: build/loopd
 	LOOPD_BIN=scripts/valgrind-loopd $(PY) -m pytest -q tests/api/test_sessions.py \
 		tests/api/test_agents.py tests/api/test_chat.py tests/api/test_turns.py \
-		tests/api/test_sse.py
+		tests/api/test_sse.py tests/api/test_tools.py tests/api/test_drivers.py
 
 test: deps
 	@$(MAKE) --no-print-directory all check-format

@@ -56,6 +56,25 @@ static const struct opt opts[] = {
     {"max-tag-length", OPT_LONG, O(max_tag_len), 0, 1, 65536, "255", NULL, "longest tag in bytes"},
     {"shutdown-timeout", OPT_LONG, O(shutdown_timeout), 0, 0, 3600, "10", NULL,
      "seconds to finish in-flight requests on SIGTERM"},
+    {"openai-base-url", OPT_STR, O(openai_base_url), sizeof(((struct config *)0)->openai_base_url),
+     0, 0, "", NULL,
+     "OpenAI-compatible API base (vLLM, Ollama, OpenRouter...), e.g. http://host/v1"},
+    {"openai-api-key", OPT_STR, O(openai_api_key), sizeof(((struct config *)0)->openai_api_key), 0,
+     0, "", NULL, "API key sent as Authorization: Bearer"},
+    {"openai-models", OPT_STR, O(openai_models), sizeof(((struct config *)0)->openai_models), 0, 0,
+     "", NULL, "comma-separated model names served by that API"},
+    {"anthropic-base-url", OPT_STR, O(anthropic_base_url),
+     sizeof(((struct config *)0)->anthropic_base_url), 0, 0, "", NULL,
+     "Anthropic Messages API base, e.g. https://api.anthropic.com/v1"},
+    {"anthropic-api-key", OPT_STR, O(anthropic_api_key),
+     sizeof(((struct config *)0)->anthropic_api_key), 0, 0, "", NULL, "sent as x-api-key"},
+    {"anthropic-models", OPT_STR, O(anthropic_models),
+     sizeof(((struct config *)0)->anthropic_models), 0, 0, "", NULL,
+     "comma-separated Anthropic model names"},
+    {"llm-timeout", OPT_LONG, O(llm_timeout), 0, 1, 3600, "120", NULL,
+     "seconds one model call attempt may take"},
+    {"llm-retries", OPT_LONG, O(llm_retries), 0, 0, 10, "3", NULL,
+     "retries of a model call on 429/5xx/connection errors, with backoff"},
     {"sse-heartbeat", OPT_LONG, O(sse_heartbeat), 0, 1, 3600, "15", NULL,
      "seconds between SSE heartbeat comments"},
     {"sse-cycle", OPT_LONG, O(sse_cycle), 0, 1, 86400, "300", NULL,
@@ -186,7 +205,8 @@ void config_log(const struct config *c)
         kv[k++] = opts[i].name;
         switch (opts[i].type) {
         case OPT_STR:
-            kv[k++] = base;
+            /* secrets are never logged */
+            kv[k++] = strstr(opts[i].name, "api-key") && *base ? "(set)" : base;
             break;
         case OPT_LONG:
             snprintf(lines[i], sizeof(lines[i]), "%ld", *(const long *)(const void *)base);
@@ -208,7 +228,7 @@ void config_log(const struct config *c)
     }
     /* log_kv takes a NULL-terminated vararg list; pass the pairs explicitly */
     kv[k] = NULL;
-    char line[2048];
+    char line[4096];
     size_t n = 0;
     for (size_t i = 0; kv[i] && n < sizeof(line) - 1; i += 2)
         n +=

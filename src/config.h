@@ -29,8 +29,16 @@ struct config {
     long max_tag_len;
     long shutdown_timeout; /* seconds to finish in-flight work on SIGTERM */
     long fault_point;      /* test-only fail point (see store/writer.c) */
-    long sse_heartbeat;    /* seconds between `: heartbeat` comments */
-    long sse_cycle;        /* seconds before a stream is cycled (+-20 %) */
+    char openai_base_url[256];
+    char openai_api_key[512];
+    char openai_models[512];
+    char anthropic_base_url[256];
+    char anthropic_api_key[512];
+    char anthropic_models[512];
+    long llm_timeout; /* seconds per model call attempt */
+    long llm_retries;
+    long sse_heartbeat; /* seconds between `: heartbeat` comments */
+    long sse_cycle;     /* seconds before a stream is cycled (+-20 %) */
 };
 
 /* Fills defaults, then the environment, then argv (flags win).  Returns 0,

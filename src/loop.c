@@ -63,6 +63,7 @@ void loop_free(struct loop *l)
         l->timers = t->next;
         free(t);
     }
+    free(l->w);
     close(l->ep);
     free(l);
 }

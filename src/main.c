@@ -10,6 +10,7 @@
  */
 #include "api/api.h"
 #include "config.h"
+#include "core/builtins.h"
 #include "engine/engine.h"
 #include "core/id.h"
 #include "http/server.h"
@@ -67,6 +68,21 @@ static void write_admin_key(const char *dir, const char *key)
     dprintf(fd, "%s\n", key);
     fsync(fd);
     close(fd);
+}
+
+/* --openai-models a,b -> models the API lists and sessions may pick */
+static void register_models(const char *base, const char *list, const char *provider)
+{
+    if (!*base || !*list) return;
+    char tmp[512];
+    snprintf(tmp, sizeof(tmp), "%s", list);
+    char *save = NULL;
+    for (char *t = strtok_r(tmp, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        while (*t == ' ')
+            t++;
+        const struct builtin_model *m = model_register(provider, t);
+        if (m) log_info("model", "id", m->id, "name", m->name, "provider", provider, NULL);
+    }
 }
 
 static void print_line(const char *json, void *ud)
@@ -232,7 +248,9 @@ int main(int argc, char **argv)
     store_idem_expire(st, time_now_us() - (int64_t)24 * 3600 * 1000000);
 
     struct loop *l = loop_new();
-    struct engine *eng = engine_new(st, l);
+    register_models(cfg.openai_base_url, cfg.openai_models, "openai");
+    register_models(cfg.anthropic_base_url, cfg.anthropic_models, "anthropic");
+    struct engine *eng = engine_new(st, l, &cfg);
     /* turns a crash left running end as failed before anyone can look */
     if (engine_recover(eng) > 0) store_flush(st);
     struct server *srv = server_start(&cfg, st, eng, l, err, sizeof(err));

@@ -4,7 +4,9 @@
  * get fresh IDs (address built-ins by name).
  */
 #include "core/builtins.h"
+#include "util/sha256.h"
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,10 +30,25 @@ const struct builtin_harness builtin_harnesses[] = {
 };
 const int builtin_harness_count = sizeof(builtin_harnesses) / sizeof(builtin_harnesses[0]);
 
-const struct builtin_model builtin_models[] = {
+#define MAX_MODELS 64
+struct builtin_model builtin_models[MAX_MODELS] = {
     {DEFAULT_MODEL_ID, "llmsim", "llmsim", "LLM Simulator (deterministic)"},
 };
-const int builtin_model_count = sizeof(builtin_models) / sizeof(builtin_models[0]);
+int builtin_model_count = 1;
+
+const struct builtin_model *model_register(const char *provider, const char *name)
+{
+    if (builtin_model_count == MAX_MODELS || !*name) return NULL;
+    struct builtin_model *m = &builtin_models[builtin_model_count++];
+    char key[300], hex[65];
+    snprintf(key, sizeof(key), "%s/%s", provider, name);
+    sha256_hex(key, strlen(key), hex);
+    snprintf(m->id, sizeof(m->id), "model_%.32s", hex);
+    m->name = strdup(name);
+    m->provider = provider;
+    m->display_name = m->name;
+    return m;
+}
 
 const struct builtin_model *model_find(const char *id)
 {

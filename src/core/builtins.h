@@ -16,12 +16,19 @@ struct builtin_harness {
 extern const struct builtin_harness builtin_harnesses[];
 extern const int builtin_harness_count;
 
+/* The models loopd can call: llmsim, then the ones configured with
+ * --openai-models / --anthropic-models.  Registered at start, read-only
+ * after.  A configured model's id is model_<first 32 hex of
+ * SHA-256("provider/name")>, stable across restarts. */
 struct builtin_model {
-    const char *id, *name, *provider, *display_name;
+    char id[48];
+    const char *name, *provider, *display_name;
 };
-extern const struct builtin_model builtin_models[];
-extern const int builtin_model_count;
+extern struct builtin_model builtin_models[];
+extern int builtin_model_count;
 const struct builtin_model *model_find(const char *id);
+/* Adds a model (provider "openai" or "anthropic"); returns it or NULL. */
+const struct builtin_model *model_register(const char *provider, const char *name);
 #define DEFAULT_MODEL_ID "model_01933b5a000070008000000000000201"
 
 /* Appends to `features` (a JSON-array writer) the features of the

@@ -32,6 +32,7 @@
 #include "core/builtins.h"
 #include "limits.h"
 #include "engine/tools.h"
+#include "llm/llm.h"
 #include "llm/sim.h"
 #include "log.h"
 #include "loop.h"
@@ -75,7 +76,8 @@ struct turn {
     int delta_i;
     struct buf acc; /* accumulated answer */
     struct loop_timer *timer;
-    int refs; /* batches in flight that point here */
+    struct llm_call *call; /* a model call in flight (real drivers) */
+    int refs;              /* batches in flight that point here */
     struct pending_call calls[SIM_MAX_CALLS];
     int ncalls;
     struct buf results; /* "name: result" of this turn's tool calls, for the model */
@@ -98,7 +100,9 @@ struct live {
     char queued_msg_id[ID_MAX];
     char *last_text; /* newest user text, for the model */
     char *last_hints;
-    int inflight; /* batches not yet committed */
+    char *system_prompt; /* harness chain, agent, session: assembled once */
+    char *tool_defs;     /* JSON array of {name, description, parameters} */
+    int inflight;        /* batches not yet committed */
     struct engine_sub *subs;
     struct cid_wait *cids; /* client_message_ids whose message is not yet durable */
     char *client_tools;    /* "\nname\nname\n": the session's and agent's client tools */
@@ -110,6 +114,8 @@ struct live {
 struct engine {
     struct store *st;
     struct loop *loop;
+    struct llm *llm;
+    struct llm_provider openai, anthropic;
     struct live *buckets[LIVE_BUCKETS];
     long running;
 };
@@ -159,8 +165,10 @@ static struct live *live_find(struct engine *e, const char *id)
     return NULL;
 }
 
-/* the client-side tool names and max_iterations of session and agent */
-static void collect_tools(struct buf *names, const char *extra_json, int *max_iter)
+/* the client-side tools (names, and definitions for model calls) and
+ * max_iterations of session or agent */
+static void collect_tools(struct buf *names, struct buf *defs, int *ndefs, const char *extra_json,
+                          int *max_iter)
 {
     json_t *x = json_loads(extra_json ? extra_json : "{}", 0, NULL);
     size_t i;
@@ -171,6 +179,14 @@ static void collect_tools(struct buf *names, const char *extra_json, int *max_it
         if (n) {
             buf_puts(names, n);
             buf_putc(names, '\n');
+            json_t *d = json_pack("{s:s,s:O,s:O}", "name", n, "description",
+                                  json_object_get(t, "description") ?: json_string(""),
+                                  "parameters", json_object_get(t, "parameters") ?: json_object());
+            char *ds = json_dumps(d, JSON_COMPACT);
+            if ((*ndefs)++) buf_putc(defs, ',');
+            buf_puts(defs, ds);
+            free(ds);
+            json_decref(d);
         }
     }
     json_t *mi = json_object_get(x, "max_iterations");
@@ -178,24 +194,54 @@ static void collect_tools(struct buf *names, const char *extra_json, int *max_it
     json_decref(x);
 }
 
+/* The system prompt (reference 8.3): harness chain, parent first; the
+ * agent's; the session's prepended to the agent's. */
+static void prompt_add(struct buf *p, const char *text)
+{
+    if (!text || !*text) return;
+    if (p->len) buf_puts(p, "\n\n");
+    buf_puts(p, text);
+}
+
 static void live_load_config(struct engine *e, struct live *l, const struct session_rec *s)
 {
-    struct buf names;
+    struct buf names, defs, prompt;
     buf_init(&names, 1 << 16);
+    buf_init(&defs, 1 << 20);
+    buf_init(&prompt, 4u << 20);
     buf_putc(&names, '\n');
-    int mi = 0;
-    collect_tools(&names, s->extra, &mi);
-    if (s->agent_id[0]) {
-        struct arena a;
-        arena_init(&a);
-        struct agent_rec ag;
-        if (store_agent_get(e->st, s->org_id, s->agent_id, &a, &ag) == LD_OK)
-            collect_tools(&names, ag.extra, &mi);
-        arena_free(&a);
+    buf_putc(&defs, '[');
+    int mi = 0, ndefs = 0;
+    struct arena a;
+    arena_init(&a);
+    struct harness_rec h, parent;
+    if (store_harness_get(e->st, s->org_id, s->harness_id, &a, &h) == LD_OK) {
+        if (h.parent_id[0] &&
+            store_harness_get(e->st, s->org_id, h.parent_id, &a, &parent) == LD_OK)
+            prompt_add(&prompt, parent.system_prompt);
+        prompt_add(&prompt, h.system_prompt);
     }
+    json_t *x = json_loads(s->extra ? s->extra : "{}", 0, NULL);
+    prompt_add(&prompt, json_string_value(json_object_get(x, "system_prompt")));
+    json_decref(x);
+    collect_tools(&names, &defs, &ndefs, s->extra, &mi);
+    if (s->agent_id[0]) {
+        struct agent_rec ag;
+        if (store_agent_get(e->st, s->org_id, s->agent_id, &a, &ag) == LD_OK) {
+            prompt_add(&prompt, ag.system_prompt);
+            collect_tools(&names, &defs, &ndefs, ag.extra, &mi);
+        }
+    }
+    tools_builtin_defs(s, &defs, &ndefs);
+    buf_putc(&defs, ']');
+    arena_free(&a);
     l->client_tools = xstrdup(names.data ? names.data : "\n");
+    l->tool_defs = xstrdup(defs.data);
+    l->system_prompt = xstrdup(prompt.data ? prompt.data : "");
     l->max_iterations = mi > 0 ? mi : 10;
     buf_free(&names);
+    buf_free(&defs);
+    buf_free(&prompt);
 }
 
 static int is_client_tool(const struct live *l, const char *name)
@@ -238,6 +284,8 @@ static void live_maybe_free(struct engine *e, struct live *l)
             free(l->last_text);
             free(l->last_hints);
             free(l->client_tools);
+            free(l->tool_defs);
+            free(l->system_prompt);
             free(l);
             return;
         }
@@ -461,6 +509,8 @@ static void turn_release(struct engine *e, struct turn *t)
 }
 
 static void step_start(struct engine *e, struct turn *t);
+static void step_call(struct engine *e, struct turn *t, const struct builtin_model *model);
+static void delta_event(struct batch *b, struct turn *t, const char *delta);
 static void step_delta(void *ud);
 static void step_finish(struct engine *e, struct turn *t, struct batch *b);
 
@@ -534,6 +584,11 @@ static void step_start(struct engine *e, struct turn *t)
     t->delta_i = 0;
     buf_reset(&t->acc);
     ls->steered = 0;
+    const struct builtin_model *model = model_find(ls->model_id);
+    if (model && strcmp(model->provider, "llmsim") != 0) {
+        step_call(e, t, model);
+        return;
+    }
     size_t prompt = 256 + (ls->last_text ? strlen(ls->last_text) : 0);
     sim_plan(ls->last_text ? ls->last_text : "", prompt, ls->last_hints, t->results.data, &t->arena,
              &t->plan);
@@ -829,6 +884,159 @@ static void next_iteration(struct batch *done)
     step_start(done->e, t);
 }
 
+/* ---- real model calls (llm/curl.c) ---- */
+
+/* The conversation in OpenAI chat format, rebuilt from the log. */
+struct hist {
+    struct buf *o;
+    int n;
+};
+
+static void hist_add(const char *json, void *ud)
+{
+    struct hist *h = ud;
+    json_t *m = json_loads(json, 0, NULL);
+    const char *role = json_string_value(json_object_get(m, "role"));
+    json_t *content = json_object_get(m, "content");
+    struct buf text;
+    buf_init(&text, LD_MAX_RESPONSE);
+    json_t *calls = json_array();
+    size_t i;
+    json_t *p;
+    json_array_foreach(content, i, p)
+    {
+        const char *type = json_string_value(json_object_get(p, "type"));
+        if (!type) continue;
+        if (strcmp(type, "text") == 0) {
+            if (text.len) buf_putc(&text, '\n');
+            buf_puts(&text, json_string_value(json_object_get(p, "text")));
+        } else if (strcmp(type, "tool_call") == 0) {
+            char *args =
+                json_dumps(json_object_get(p, "arguments"), JSON_COMPACT | JSON_ENCODE_ANY);
+            json_array_append_new(calls, json_pack("{s:O,s:s,s:{s:O,s:s}}", "id",
+                                                   json_object_get(p, "id"), "type", "function",
+                                                   "function", "name", json_object_get(p, "name"),
+                                                   "arguments", args ? args : "{}"));
+            free(args);
+        } else if (strcmp(type, "tool_result") == 0) {
+            const char *err = json_string_value(json_object_get(p, "error"));
+            const char *res = json_string_value(json_object_get(p, "result"));
+            json_t *tm = json_pack("{s:s,s:O,s:s}", "role", "tool", "tool_call_id",
+                                   json_object_get(p, "tool_call_id"), "content",
+                                   err   ? err
+                                   : res ? res
+                                         : "");
+            char *d = json_dumps(tm, JSON_COMPACT);
+            if (h->n++) buf_putc(h->o, ',');
+            buf_puts(h->o, d);
+            free(d);
+            json_decref(tm);
+        }
+    }
+    if (role && strcmp(role, "tool_result") != 0) {
+        json_t *om =
+            json_pack("{s:s,s:s}", "role", strcmp(role, "agent") == 0 ? "assistant" : "user",
+                      "content", text.data ? text.data : "");
+        if (json_array_size(calls)) json_object_set(om, "tool_calls", calls);
+        char *d = json_dumps(om, JSON_COMPACT);
+        if (h->n++) buf_putc(h->o, ',');
+        buf_puts(h->o, d);
+        free(d);
+        json_decref(om);
+    }
+    json_decref(calls);
+    buf_free(&text);
+    json_decref(m);
+}
+
+static void call_delta(void *ud, const char *delta)
+{
+    struct turn *t = ud;
+    if (t->state != T_THINKING) return;
+    struct batch *b = batch_new(g_engine, t->ls, t);
+    delta_event(b, t, delta);
+    batch_submit(b);
+}
+
+static void call_done(void *ud, const struct llm_result *r)
+{
+    struct turn *t = ud;
+    struct engine *e = g_engine;
+    t->call = NULL;
+    if (t->state == T_THINKING) {
+        struct sim_plan *p = &t->plan;
+        memset(p, 0, sizeof(*p));
+        p->text = arena_strdup(&t->arena, r->text);
+        p->input_tokens = r->input_tokens;
+        p->output_tokens = r->output_tokens;
+        p->cache_read_tokens = r->cache_read_tokens;
+        if (r->error_code) {
+            p->fail_code = arena_strdup(&t->arena, r->error_code);
+            p->fail_text = arena_strdup(&t->arena, r->error_text ? r->error_text : "");
+        }
+        for (int i = 0; i < r->ncalls; i++) {
+            struct sim_call *c = &p->calls[p->ncalls++];
+            if (r->calls[i].id[0])
+                snprintf(c->id, sizeof(c->id), "%s", r->calls[i].id);
+            else
+                snprintf(c->id, sizeof(c->id), "call_%d_%d", t->iteration, i);
+            c->name = arena_strdup(&t->arena, r->calls[i].name);
+            c->arguments = arena_strdup(&t->arena, r->calls[i].arguments);
+        }
+        step_finish(e, t, NULL);
+    }
+    turn_release(e, t); /* the call's reference */
+}
+
+/* THINKING with a real model: open the answer, then stream it */
+static void step_call(struct engine *e, struct turn *t, const struct builtin_model *model)
+{
+    struct live *ls = t->ls;
+    id_new("message", t->out_msg_id);
+    struct batch *b = batch_new(e, ls, t);
+    struct buf d;
+    buf_init(&d, 4096);
+    buf_printf(&d, "{\"harness_id\":\"%s\"", ls->harness_id);
+    if (ls->agent_id[0]) buf_printf(&d, ",\"agent_id\":\"%s\"", ls->agent_id);
+    buf_puts(&d, ",\"metadata\":{\"model\":");
+    buf_json_str(&d, model->name);
+    buf_puts(&d, "}}");
+    emit(b, "reason.started", d.data, NULL);
+    buf_reset(&d);
+    buf_printf(&d, "{\"turn_id\":\"%s\",\"message_id\":\"%s\",\"model\":", t->id, t->out_msg_id);
+    buf_json_str(&d, model->name);
+    buf_printf(&d, ",\"iteration\":%d,\"phase\":\"final_answer\"}", t->iteration);
+    emit(b, "output.message.started", d.data, NULL);
+    buf_free(&d);
+    batch_submit(b);
+    struct buf msgs;
+    buf_init(&msgs, 64u << 20);
+    buf_putc(&msgs, '[');
+    struct hist h = {&msgs, 0};
+    if (ls->system_prompt && *ls->system_prompt) {
+        buf_puts(&msgs, "{\"role\":\"system\",\"content\":");
+        buf_json_str(&msgs, ls->system_prompt);
+        buf_putc(&msgs, '}');
+        h.n++;
+    }
+    store_messages(e->st, ls->id, hist_add, &h);
+    buf_putc(&msgs, ']');
+    const struct llm_provider *prov =
+        strcmp(model->provider, "anthropic") == 0 ? &e->anthropic : &e->openai;
+    t->refs++; /* held by the call until call_done or cancel */
+    t->call =
+        llm_start(e->llm, prov, model->name, msgs.data, ls->tool_defs, call_delta, call_done, t);
+    buf_free(&msgs);
+    if (!t->call) {
+        t->refs--;
+        struct llm_result r = {.text = "",
+                               .error_code = "llm_error",
+                               .error_text = "The model call could not be started."};
+        t->refs++;
+        call_done(t, &r);
+    }
+}
+
 static void finished(struct batch *b);
 
 /* The model call is over: the answer (or failure) and, unless messages
@@ -844,8 +1052,10 @@ static void step_finish(struct engine *e, struct turn *t, struct batch *b)
     t->out_tokens += p->output_tokens;
     b->upd.add_in = p->input_tokens;
     b->upd.add_out = p->output_tokens;
+    b->upd.add_cache_read = p->cache_read_tokens;
     ls->in_tokens += p->input_tokens;
     ls->out_tokens += p->output_tokens;
+    ls->cache_read += p->cache_read_tokens;
     struct buf d;
     buf_init(&d, LD_MAX_RESPONSE);
     struct buf u;
@@ -859,21 +1069,24 @@ static void step_finish(struct engine *e, struct turn *t, struct batch *b)
         return;
     }
     if (p->fail_code) {
-        buf_printf(&d,
-                   "{\"success\":false,\"has_tool_calls\":false,\"tool_call_count\":0,"
-                   "\"error\":\"%s\",\"duration_ms\":%lld}",
-                   p->fail_text, (long long)dur);
+        buf_puts(&d, "{\"success\":false,\"has_tool_calls\":false,\"tool_call_count\":0,"
+                     "\"error\":");
+        buf_json_str(&d, p->fail_text);
+        buf_printf(&d, ",\"duration_ms\":%lld}", (long long)dur);
         emit(b, "reason.completed", d.data, NULL);
         /* the user-facing text, then the failure */
         const char *msg =
             agent_message(&b->arena, t->out_msg_id, ls->id, ls->next_seq,
                           "Sorry, the model could not answer. Please try again.", now);
         char extra[160];
-        snprintf(extra, sizeof(extra), "\"error_code\":\"%s\"", p->fail_code);
+        snprintf(extra, sizeof(extra), "\"error_code\":\"%.100s\"", p->fail_code);
         emit(b, "output.message.completed", wrap_message(&b->arena, msg, extra), msg);
         buf_reset(&d);
-        buf_printf(&d, "{\"turn_id\":\"%s\",\"error\":\"%s\",\"error_code\":\"%s\"}", t->id,
-                   p->fail_text, p->fail_code);
+        buf_printf(&d, "{\"turn_id\":\"%s\",\"error\":", t->id);
+        buf_json_str(&d, p->fail_text);
+        buf_puts(&d, ",\"error_code\":");
+        buf_json_str(&d, p->fail_code);
+        buf_putc(&d, '}');
         emit(b, "turn.failed", d.data, NULL);
         b->upd.set_outcome = 1;
         b->upd.outcome = TO_FAILED;
@@ -1237,6 +1450,11 @@ void engine_cancel(struct engine *e, const struct session_rec *s, engine_cancel_
         loop_timer_cancel(e->loop, t->timer);
         t->timer = NULL;
     }
+    if (t->call) { /* the stream stops now; no callback of it runs again */
+        llm_cancel(t->call);
+        t->call = NULL;
+        t->refs--;
+    }
     struct batch *b = batch_new(e, ls, t);
     b->cb = (void *)(void (*)(void))fn;
     b->cb_ud = ud;
@@ -1309,11 +1527,15 @@ void engine_unsubscribe(struct engine *e, const char *session_id, struct engine_
 
 /* ---- life ---- */
 
-struct engine *engine_new(struct store *st, struct loop *l)
+struct engine *engine_new(struct store *st, struct loop *l, const struct config *cfg)
 {
     struct engine *e = xcalloc(1, sizeof(*e));
     e->st = st;
     e->loop = l;
+    e->llm = llm_new(l, cfg->llm_timeout * 1000, (int)cfg->llm_retries);
+    e->openai = (struct llm_provider){"openai", cfg->openai_base_url, cfg->openai_api_key};
+    e->anthropic =
+        (struct llm_provider){"anthropic", cfg->anthropic_base_url, cfg->anthropic_api_key};
     g_engine = e;
     return e;
 }
@@ -1346,9 +1568,12 @@ void engine_free(struct engine *e)
             free(l->last_text);
             free(l->last_hints);
             free(l->client_tools);
+            free(l->tool_defs);
+            free(l->system_prompt);
             free(l);
         }
     if (g_engine == e) g_engine = NULL;
+    llm_free(e->llm);
     free(e);
 }
 

@@ -16,7 +16,8 @@
 struct engine;
 struct loop;
 
-struct engine *engine_new(struct store *st, struct loop *l);
+struct config;
+struct engine *engine_new(struct store *st, struct loop *l, const struct config *cfg);
 void engine_free(struct engine *e);
 /* At start, before serving: every session left active by a crash gets
  * turn.failed + session.idled and goes idle.  Returns how many. */

@@ -217,3 +217,46 @@ void tool_run(struct tool_ctx *c, const char *name, const char *args_json, struc
     }
     json_decref(args);
 }
+
+/* JSON Schemas of the built-in tools, for model calls */
+static const struct {
+    const char *name, *feature, *description, *parameters;
+} defs[] = {
+    {"current_time", NULL, "The current date and time (UTC, RFC 3339).",
+     "{\"type\":\"object\",\"properties\":{}}"},
+    {"read_file", "file_system", "Read a file of the session's workspace.",
+     "{\"type\":\"object\",\"properties\":{\"path\":{\"type\":\"string\"}},\"required\":[\"path\"]"
+     "}"},
+    {"write_file", "file_system", "Write (create or replace) a file of the session's workspace.",
+     "{\"type\":\"object\",\"properties\":{\"path\":{\"type\":\"string\"},\"content\":{\"type\":"
+     "\"string\"}},\"required\":[\"path\",\"content\"]}"},
+    {"list_files", "file_system", "List the workspace's files (optionally under a prefix).",
+     "{\"type\":\"object\",\"properties\":{\"prefix\":{\"type\":\"string\"}}}"},
+    {"grep_files", "file_system", "Find lines containing a text in the workspace's files.",
+     "{\"type\":\"object\",\"properties\":{\"pattern\":{\"type\":\"string\"}},\"required\":["
+     "\"pattern\"]}"},
+    {"storage_get", "key_value", "Read a value of the session's key-value storage.",
+     "{\"type\":\"object\",\"properties\":{\"key\":{\"type\":\"string\"}},\"required\":[\"key\"]}"},
+    {"storage_set", "key_value", "Store a value under a key in the session's storage.",
+     "{\"type\":\"object\",\"properties\":{\"key\":{\"type\":\"string\"},\"value\":{\"type\":"
+     "\"string\"}},"
+     "\"required\":[\"key\",\"value\"]}"},
+    {"storage_delete", "key_value", "Delete a key of the session's storage.",
+     "{\"type\":\"object\",\"properties\":{\"key\":{\"type\":\"string\"}},\"required\":[\"key\"]}"},
+    {"storage_list", "key_value", "List the keys of the session's storage.",
+     "{\"type\":\"object\",\"properties\":{}}"},
+    {"secret_set", "secrets", "Store a secret under a key in the session's storage.",
+     "{\"type\":\"object\",\"properties\":{\"key\":{\"type\":\"string\"},\"value\":{\"type\":"
+     "\"string\"}},"
+     "\"required\":[\"key\",\"value\"]}"},
+};
+
+void tools_builtin_defs(const struct session_rec *s, struct buf *out, int *n)
+{
+    for (size_t i = 0; i < sizeof(defs) / sizeof(defs[0]); i++) {
+        if (!tool_available(s, defs[i].name)) continue;
+        if ((*n)++) buf_putc(out, ',');
+        buf_printf(out, "{\"name\":\"%s\",\"description\":\"%s\",\"parameters\":%s}", defs[i].name,
+                   defs[i].description, defs[i].parameters);
+    }
+}

@@ -34,4 +34,8 @@ int tool_available(const struct session_rec *s, const char *name);
 void tool_run(struct tool_ctx *ctx, const char *name, const char *args_json, struct buf *out,
               const char **error);
 
+/* Appends the definitions ({name, description, parameters}) of the tools
+ * this session may use to an open JSON array; *n counts the items. */
+void tools_builtin_defs(const struct session_rec *s, struct buf *out, int *n);
+
 #endif

@@ -55,7 +55,13 @@ void sim_plan(const char *user_text, size_t prompt_bytes, const char *hints_json
         const char *t = json_string_value(json_object_get(h, "text"));
         if (t) text = arena_strdup(a, t);
         const char *f = json_string_value(json_object_get(h, "fail"));
-        if (f) p->fail_code = arena_strdup(a, f);
+        if (f) {
+            /* an error code is a snake_case word; anything else is llm_error */
+            int ok = *f && strlen(f) <= 64;
+            for (const char *c = f; *c; c++)
+                if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_')) ok = 0;
+            p->fail_code = ok ? arena_strdup(a, f) : "llm_error";
+        }
         json_t *l = json_object_get(h, "latency_ms");
         if (json_is_integer(l)) p->latency_ms = (long)json_integer_value(l);
     }

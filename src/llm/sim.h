@@ -37,7 +37,7 @@ struct sim_plan {
     long latency_ms;
     const char *fail_code; /* NULL = success */
     const char *fail_text;
-    int64_t input_tokens, output_tokens;
+    int64_t input_tokens, output_tokens, cache_read_tokens;
 };
 
 /* user_text: the newest user message; prompt_bytes: the size of everything
