@@ -1588,6 +1588,202 @@ long engine_running(struct engine *e)
     return e->running;
 }
 
+/* ---- resuming a turn after a crash ----
+ *
+ * The log says how far a turn got; every step's events commit together,
+ * so the turn is at one of these points, and goes on from there:
+ *   - waiting for client tool results: it waits again (nothing emitted);
+ *   - server-side calls whose tool.started is durable but not their
+ *     tool.completed: their effects commit with tool.completed, so none
+ *     happened; they run now (once);
+ *   - calls answered, or an answer given with messages steered in: the
+ *     next model call;
+ *   - a model call in progress: it starts again (reason.recovered
+ *     {mode:"restart"}); a completed one is never redone.
+ * A turn that has restarted 3 times without getting further is failed.
+ */
+struct replay {
+    struct turn *t;
+    int found, ended, waiting, acted, recovered, step_open;
+    char input_text[4096];
+    char *hints;
+};
+
+static void replay_event(struct replay *r, json_t *ev, struct live *ls)
+{
+    const char *type = json_string_value(json_object_get(ev, "type"));
+    json_t *data = json_object_get(ev, "data");
+    struct turn *t = r->t;
+    if (!type) return;
+    if (strcmp(type, "input.message") == 0) {
+        json_t *m = json_object_get(data, "message");
+        json_t *p0 = json_array_get(json_object_get(m, "content"), 0);
+        const char *txt = json_string_value(json_object_get(p0, "text"));
+        if (txt) snprintf(r->input_text, sizeof(r->input_text), "%s", txt);
+        json_t *h =
+            json_object_get(json_object_get(json_object_get(m, "controls"), "hints"), "llmsim");
+        free(r->hints);
+        r->hints = json_is_object(h) ? json_dumps(h, JSON_COMPACT) : NULL;
+    } else if (strcmp(type, "reason.started") == 0) {
+        t->iteration++;
+        r->step_open = 1;
+        r->waiting = r->acted = 0;
+        turn_free_calls(t);
+    } else if (strcmp(type, "output.message.completed") == 0) {
+        r->step_open = 0;
+        size_t i;
+        json_t *p;
+        json_array_foreach(json_object_get(json_object_get(data, "message"), "content"), i, p)
+        {
+            if (strcmp(json_string_value(json_object_get(p, "type")) ?: "", "tool_call") != 0 ||
+                t->ncalls == SIM_MAX_CALLS)
+                continue;
+            struct pending_call *c = &t->calls[t->ncalls++];
+            snprintf(c->id, sizeof(c->id), "%s", json_string_value(json_object_get(p, "id")) ?: "");
+            c->name = xstrdup(json_string_value(json_object_get(p, "name")) ?: "");
+            char *args =
+                json_dumps(json_object_get(p, "arguments"), JSON_COMPACT | JSON_ENCODE_ANY);
+            c->arguments = xstrdup(args ? args : "{}");
+            free(args);
+            c->client = is_client_tool(ls, c->name);
+        }
+        t->tool_calls_total += t->ncalls;
+    } else if (strcmp(type, "reason.completed") == 0) {
+        r->step_open = 0;
+    } else if (strcmp(type, "act.started") == 0) {
+        r->acted = 1;
+    } else if (strcmp(type, "tool.call_requested") == 0) {
+        r->waiting = 1;
+    } else if (strcmp(type, "tool.completed") == 0) {
+        const char *id = json_string_value(json_object_get(data, "tool_call_id")) ?: "";
+        for (int i = 0; i < t->ncalls; i++)
+            if (strcmp(t->calls[i].id, id) == 0) t->calls[i].answered = 1;
+        const char *err = json_string_value(json_object_get(data, "error"));
+        json_t *res0 = json_array_get(json_object_get(data, "result"), 0);
+        if (t->results.len) buf_puts(&t->results, "; ");
+        buf_printf(&t->results, "%.64s: %s",
+                   json_string_value(json_object_get(data, "tool_name")) ?: "",
+                   err ? err : json_string_value(json_object_get(res0, "text")) ?: "");
+    } else if (strcmp(type, "reason.recovered") == 0) {
+        r->recovered++;
+    } else if (!strncmp(type, "turn.", 5) && strcmp(type, "turn.started") != 0) {
+        r->ended = 1;
+    }
+}
+
+static int resume_turn(struct engine *e, struct live *ls, const char *tid)
+{
+    struct arena a;
+    arena_init(&a);
+    struct event_rec *rows;
+    int n = 0;
+    int64_t max = store_events_max_seq(e->st, ls->id);
+    store_events_page(e->st, ls->id, max > 4000 ? max - 4000 : 0, 0, 4000, 0, &a, &rows, &n);
+    int start = -1;
+    for (int i = n - 1; i >= 0 && start < 0; i--)
+        if (strcmp(rows[i].type, "turn.started") == 0 && rows[i].turn_id &&
+            strcmp(rows[i].turn_id, tid) == 0)
+            start = i;
+    if (start < 0) {
+        arena_free(&a);
+        return 0;
+    }
+    json_t *ts = json_loads(rows[start].body, 0, NULL);
+    const char *input =
+        json_string_value(json_object_get(json_object_get(ts, "data"), "input_message_id"));
+    struct turn *t = turn_new(e, ls, input ? input : "");
+    json_decref(ts);
+    snprintf(t->id, sizeof(t->id), "%s", tid);
+    struct replay r;
+    memset(&r, 0, sizeof(r));
+    r.t = t;
+    /* the newest input before the turn, then the turn's own events */
+    for (int i = start; i >= 0; i--)
+        if (strcmp(rows[i].type, "input.message") == 0) {
+            json_t *ev = json_loads(rows[i].body, 0, NULL);
+            replay_event(&r, ev, ls);
+            json_decref(ev);
+            break;
+        }
+    for (int i = start + 1; i < n; i++) {
+        json_t *ev = json_loads(rows[i].body, 0, NULL);
+        replay_event(&r, ev, ls);
+        json_decref(ev);
+    }
+    arena_free(&a);
+    free(ls->last_text);
+    ls->last_text = xstrdup(r.input_text);
+    free(ls->last_hints);
+    ls->last_hints = r.hints;
+    if (r.ended || r.recovered >= 3) {
+        t->state = T_DONE;
+        ls->turn = NULL;
+        turn_release(e, t);
+        return 0;
+    }
+    int server_open = 0, client_open = 0, calls = t->ncalls;
+    for (int i = 0; i < t->ncalls; i++)
+        if (!t->calls[i].answered) t->calls[i].client ? client_open++ : server_open++;
+    if (calls && (server_open || client_open)) {
+        if (!server_open && r.waiting) {
+            t->state = T_WAITING; /* the client may still answer */
+            return 1;
+        }
+        if (server_open && r.acted) {
+            t->state = T_TOOLS; /* the ledger holds their tool.started */
+            struct batch fake;
+            memset(&fake, 0, sizeof(fake));
+            fake.e = e;
+            fake.turn = t;
+            run_server_tools(&fake);
+            return 1;
+        }
+        struct batch *b = batch_new(e, ls, t);
+        if (server_open) {
+            struct buf d;
+            buf_init(&d, LD_MAX_RESPONSE);
+            buf_puts(&d, "{\"tool_calls\":[");
+            int k = 0;
+            for (int i = 0; i < t->ncalls; i++) {
+                if (t->calls[i].client || t->calls[i].answered) continue;
+                buf_printf(&d, "%s{\"id\":\"%s\",\"name\":", k++ ? "," : "", t->calls[i].id);
+                buf_json_str(&d, t->calls[i].name);
+                buf_putc(&d, '}');
+            }
+            buf_puts(&d, "]}");
+            emit(b, "act.started", d.data, NULL);
+            for (int i = 0; i < t->ncalls; i++) {
+                if (t->calls[i].client || t->calls[i].answered) continue;
+                buf_reset(&d);
+                buf_printf(&d, "{\"tool_call\":{\"id\":\"%s\",\"name\":", t->calls[i].id);
+                buf_json_str(&d, t->calls[i].name);
+                buf_printf(&d, ",\"arguments\":%s}}", t->calls[i].arguments);
+                emit(b, "tool.started", d.data, NULL);
+            }
+            buf_free(&d);
+            t->state = T_TOOLS;
+            b->then = run_server_tools;
+        } else {
+            emit_call_requested(b, t);
+        }
+        batch_submit(b);
+        return 1;
+    }
+    struct batch *b = batch_new(e, ls, t);
+    t->state = T_STARTING;
+    if (r.step_open) {
+        char data[256];
+        snprintf(data, sizeof(data),
+                 "{\"turn_id\":\"%s\",\"mode\":\"restart\",\"accumulated_len\":0}", t->id);
+        emit(b, "reason.recovered", data, NULL);
+        b->then = after_activation;
+    } else {
+        b->then = next_iteration; /* calls answered, or steered input */
+    }
+    batch_submit(b);
+    return 1;
+}
+
 int engine_recover(struct engine *e)
 {
     struct arena a;
@@ -1597,9 +1793,13 @@ int engine_recover(struct engine *e)
     store_sessions_running(e->st, &a, &rows, &n);
     for (int i = 0; i < n; i++) {
         struct live *ls = live_get(e, &rows[i]);
+        const char *tid = rows[i].turn_id[0] ? rows[i].turn_id : "";
+        if (tid[0] && resume_turn(e, ls, tid)) {
+            log_warn("resuming a turn left running", "session", rows[i].id, "turn", tid, NULL);
+            continue;
+        }
         struct batch *b = batch_new(e, ls, NULL);
         char data[512];
-        const char *tid = rows[i].turn_id[0] ? rows[i].turn_id : "";
         /* a stand-in turn, only so that the events carry its id as context */
         struct turn ctx;
         memset(&ctx, 0, sizeof(ctx));
