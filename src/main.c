@@ -251,6 +251,10 @@ int main(int argc, char **argv)
     register_models(cfg.openai_base_url, cfg.openai_models, "openai");
     register_models(cfg.anthropic_base_url, cfg.anthropic_models, "anthropic");
     struct engine *eng = engine_new(st, l, &cfg);
+    if (cfg.fault_point) {
+        log_warn("fault point enabled (testing only)", NULL);
+        engine_set_fault_point((int)cfg.fault_point);
+    }
     /* turns a crash left running end as failed before anyone can look */
     if (engine_recover(eng) > 0) store_flush(st);
     struct server *srv = server_start(&cfg, st, eng, l, err, sizeof(err));

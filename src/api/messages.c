@@ -5,6 +5,7 @@
  * and the 201 leaves once the input is durable.
  */
 #include "api/api.h"
+#include "core/builtins.h"
 #include "engine/engine.h"
 #include "limits.h"
 #include <stdio.h>
@@ -134,11 +135,23 @@ void h_messages_post(struct req *r)
             reply_problem(r, LD_E_BAD_REQUEST, "controls: expected an object");
             goto out;
         }
-        const char *model = json_string_value(json_object_get(controls, "model_id"));
-        if (json_object_get(controls, "model_id") &&
-            !json_is_null(json_object_get(controls, "model_id")) && !model) {
+        json_t *mj = json_object_get(controls, "model_id");
+        const char *model = json_string_value(mj);
+        if (mj && !json_is_null(mj) && !model) {
             reply_problem(r, LD_E_BAD_REQUEST, "controls.model_id: expected a string");
             goto out;
+        }
+        if (model) {
+            char why[160];
+            if (id_check("model", model, why, sizeof(why))) {
+                reply_problem(r, LD_E_BAD_REQUEST, "controls.model_id: Invalid model ID: %s", why);
+                goto out;
+            }
+            if (!model_find(model)) {
+                reply_problem(r, LD_E_NOT_FOUND, "Model not found");
+                goto out;
+            }
+            in.model_id = arena_strdup(&r->arena, model);
         }
         json_t *hints = json_object_get(controls, "hints");
         if (hints && !json_is_null(hints) && !json_is_object(hints)) {

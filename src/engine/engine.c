@@ -77,6 +77,7 @@ struct turn {
     struct buf acc; /* accumulated answer */
     struct loop_timer *timer;
     struct llm_call *call; /* a model call in flight (real drivers) */
+    char model_id[ID_MAX]; /* controls.model_id of the message that started it */
     int refs;              /* batches in flight that point here */
     struct pending_call calls[SIM_MAX_CALLS];
     int ncalls;
@@ -584,7 +585,7 @@ static void step_start(struct engine *e, struct turn *t)
     t->delta_i = 0;
     buf_reset(&t->acc);
     ls->steered = 0;
-    const struct builtin_model *model = model_find(ls->model_id);
+    const struct builtin_model *model = model_find(t->model_id[0] ? t->model_id : ls->model_id);
     if (model && strcmp(model->provider, "llmsim") != 0) {
         step_call(e, t, model);
         return;
@@ -623,6 +624,12 @@ static void step_start(struct engine *e, struct turn *t)
 }
 
 static struct engine *g_engine; /* for timer callbacks: the one engine */
+static int g_fault_point;
+
+void engine_set_fault_point(int n)
+{
+    g_fault_point = n;
+}
 
 static void step_delta(void *ud)
 {
@@ -733,6 +740,7 @@ static void run_server_tools(struct batch *done)
     struct turn *t = done->turn;
     struct engine *e = done->e;
     if (done->op.err != LD_OK || t->state != T_TOOLS) return;
+    if (g_fault_point == 1) abort(); /* testing: die between ledger and tools */
     struct batch *b = batch_new(e, t->ls, t);
     int ok = 0, bad = 0;
     /* the tools read committed state; their writes commit with their
@@ -1336,6 +1344,7 @@ void engine_post_message(struct engine *e, const struct session_rec *s,
         (void)ev;
         b->delivery = "started";
         struct turn *t = turn_new(e, ls, msg_id);
+        if (in->model_id) snprintf(t->model_id, sizeof(t->model_id), "%s", in->model_id);
         b->turn = t;
         t->refs++;
         emit_activation(b, t, now);

@@ -16,6 +16,9 @@
 struct engine;
 struct loop;
 
+/* Testing only (--fault-point): 1 = abort right after a turn's tool ledger
+ * (act.started, tool.started) is durable, before the tools run. */
+void engine_set_fault_point(int n);
 struct config;
 struct engine *engine_new(struct store *st, struct loop *l, const struct config *cfg);
 void engine_free(struct engine *e);
@@ -38,6 +41,7 @@ struct engine_input {
     const char *metadata;          /* JSON object or NULL */
     const char *hints;             /* llmsim hints (JSON) or NULL */
     const char *client_message_id; /* or NULL */
+    const char *model_id;          /* controls.model_id: this turn's model, or NULL */
 };
 void engine_post_message(struct engine *e, const struct session_rec *s,
                          const struct engine_input *in, engine_msg_fn fn, void *ud);

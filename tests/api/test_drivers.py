@@ -169,3 +169,22 @@ def test_cancel_mid_call(srv):
     assert [e["type"] for e in evs][-1] == "session.idled"
     assert get_session(c, sid)["status"] == "idle"
     assert not any(e["type"] in ("turn.failed", "turn.completed") for e in evs)
+
+
+def test_controls_model_id_picks_the_model_for_one_turn(srv, fake):
+    c = srv.client()
+    sid = c.create_session({})["id"]  # llmsim by default
+    before = len(fake.requests)
+    post_message(c, sid, "hi there", controls={"model_id": model_id("openai", "gpt-fake")})
+    evs = wait_turn_end(c, sid)
+    done = [e for e in evs if e["type"] == "output.message.completed"][-1]
+    assert done["data"]["message"]["content"][0]["text"] == "echo: hi there"
+    assert len(fake.requests) == before + 1
+    # the session's own model is unchanged: the next turn is llmsim again
+    post_message(c, sid, "again")
+    evs = wait_turn_end(c, sid, turns=2)
+    assert len(fake.requests) == before + 1
+    r = c.post("/v1/sessions/%s/messages" % sid,
+               {"message": {"content": [{"type": "text", "text": "x"}]},
+                "controls": {"model_id": "model_" + "0" * 32}})
+    assert r.status_code == 404

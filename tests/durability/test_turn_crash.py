@@ -163,3 +163,41 @@ def test_kill9_while_waiting_for_tool_results_waits_again():
     finally:
         if srv.alive():
             srv.stop(signal.SIGKILL)
+
+
+def test_crash_between_tool_ledger_and_tool_run_runs_each_call_once():
+    """--fault-point 1 makes loopd abort right after a turn's act.started and
+    tool.started are durable, before the tools run.  After a restart the
+    calls run (once) and the turn completes."""
+    srv = h.start_server(["--fault-point", "1"])
+    try:
+        c = srv.client()
+        sid = c.create_session({})["id"]
+        srv.expect_dead = True
+        h.post_message(c, sid, "save two things", {"tools": [
+            {"name": "storage_set", "arguments": {"key": "a", "value": "1"}},
+            {"name": "write_file", "arguments": {"path": "/f.txt", "content": "once"}}]})
+        h.wait_for(lambda: not srv.alive(), what="the fault point to stop loopd")
+        srv.stop()
+        srv.expect_dead = False
+        srv.extra_args = []
+        srv.start()
+        c = srv.client()
+        log = h.wait_turn_end(c, sid, 1, timeout=15)
+        h.check_log(log, sid)
+        types = [e["type"] for e in log]
+        assert types.count("act.started") == 1 and types.count("tool.started") == 2, types
+        done = [e["data"] for e in log if e["type"] == "tool.completed"]
+        assert sorted(d["tool_name"] for d in done) == ["storage_set", "write_file"]
+        assert all(d["success"] for d in done)
+        assert types[-2:] == ["turn.completed", "session.idled"]
+        # the effects are there, exactly as written
+        h.post_message(c, sid, "read", {"tools": [
+            {"name": "storage_get", "arguments": {"key": "a"}},
+            {"name": "read_file", "arguments": {"path": "/f.txt"}}]})
+        log = h.wait_turn_end(c, sid, 2, timeout=15)
+        got = [e["data"]["result"][0]["text"] for e in log if e["type"] == "tool.completed"][-2:]
+        assert got == ["1", "once"]
+    finally:
+        if srv.alive():
+            srv.stop(signal.SIGKILL)
