@@ -101,9 +101,10 @@ struct live {
     char queued_msg_id[ID_MAX];
     char *last_text; /* newest user text, for the model */
     char *last_hints;
-    char *system_prompt; /* harness chain, agent, session: assembled once */
-    char *tool_defs;     /* JSON array of {name, description, parameters} */
-    int inflight;        /* batches not yet committed */
+    char *system_prompt;     /* harness chain, agent, session: assembled once */
+    char *tool_defs;         /* JSON array of {name, description, parameters} */
+    int parallel_tool_calls; /* -1 unset (session, else agent) */
+    int inflight;            /* batches not yet committed */
     struct engine_sub *subs;
     struct cid_wait *cids; /* client_message_ids whose message is not yet durable */
     char *client_tools;    /* "\nname\nname\n": the session's and agent's client tools */
@@ -169,7 +170,7 @@ static struct live *live_find(struct engine *e, const char *id)
 /* the client-side tools (names, and definitions for model calls) and
  * max_iterations of session or agent */
 static void collect_tools(struct buf *names, struct buf *defs, int *ndefs, const char *extra_json,
-                          int *max_iter)
+                          int *max_iter, int *parallel)
 {
     json_t *x = json_loads(extra_json ? extra_json : "{}", 0, NULL);
     size_t i;
@@ -192,6 +193,8 @@ static void collect_tools(struct buf *names, struct buf *defs, int *ndefs, const
     }
     json_t *mi = json_object_get(x, "max_iterations");
     if (json_is_integer(mi) && *max_iter == 0) *max_iter = (int)json_integer_value(mi);
+    json_t *ptc = json_object_get(x, "parallel_tool_calls");
+    if (json_is_boolean(ptc) && *parallel < 0) *parallel = json_is_true(ptc);
     json_decref(x);
 }
 
@@ -225,12 +228,13 @@ static void live_load_config(struct engine *e, struct live *l, const struct sess
     json_t *x = json_loads(s->extra ? s->extra : "{}", 0, NULL);
     prompt_add(&prompt, json_string_value(json_object_get(x, "system_prompt")));
     json_decref(x);
-    collect_tools(&names, &defs, &ndefs, s->extra, &mi);
+    int par = -1;
+    collect_tools(&names, &defs, &ndefs, s->extra, &mi, &par);
     if (s->agent_id[0]) {
         struct agent_rec ag;
         if (store_agent_get(e->st, s->org_id, s->agent_id, &a, &ag) == LD_OK) {
             prompt_add(&prompt, ag.system_prompt);
-            collect_tools(&names, &defs, &ndefs, ag.extra, &mi);
+            collect_tools(&names, &defs, &ndefs, ag.extra, &mi, &par);
         }
     }
     tools_builtin_defs(s, &defs, &ndefs);
@@ -240,6 +244,7 @@ static void live_load_config(struct engine *e, struct live *l, const struct sess
     l->tool_defs = xstrdup(defs.data);
     l->system_prompt = xstrdup(prompt.data ? prompt.data : "");
     l->max_iterations = mi > 0 ? mi : 10;
+    l->parallel_tool_calls = par;
     buf_free(&names);
     buf_free(&defs);
     buf_free(&prompt);
@@ -1032,8 +1037,8 @@ static void step_call(struct engine *e, struct turn *t, const struct builtin_mod
     const struct llm_provider *prov =
         strcmp(model->provider, "anthropic") == 0 ? &e->anthropic : &e->openai;
     t->refs++; /* held by the call until call_done or cancel */
-    t->call =
-        llm_start(e->llm, prov, model->name, msgs.data, ls->tool_defs, call_delta, call_done, t);
+    t->call = llm_start(e->llm, prov, model->name, msgs.data, ls->tool_defs,
+                        ls->parallel_tool_calls, call_delta, call_done, t);
     buf_free(&msgs);
     if (!t->call) {
         t->refs--;
@@ -1046,6 +1051,15 @@ static void step_call(struct engine *e, struct turn *t, const struct builtin_mod
 }
 
 static void finished(struct batch *b);
+
+/* A failing turn never answers what was steered into it: the newest such
+ * message starts the next turn instead (see finished). */
+static void requeue_steered(struct live *ls)
+{
+    if (!ls->steered) return;
+    ls->steered = 0;
+    ls->queued = 1;
+}
 
 /* The model call is over: the answer (or failure) and, unless messages
  * were steered in meanwhile, the end of the turn. */
@@ -1098,6 +1112,7 @@ static void step_finish(struct engine *e, struct turn *t, struct batch *b)
         emit(b, "turn.failed", d.data, NULL);
         b->upd.set_outcome = 1;
         b->upd.outcome = TO_FAILED;
+        requeue_steered(ls);
     } else {
         const char *text = p->text;
         /* llm.generation: the call, its output and usage */
@@ -1206,6 +1221,7 @@ static void fail_turn(struct engine *e, struct turn *t, struct batch *b, const c
     b->upd.set_outcome = 1;
     b->upd.outcome = TO_FAILED;
     b->upd.turn_id = "";
+    requeue_steered(ls);
     t->state = T_FINISHING;
     b->then = finished;
     batch_submit(b);
@@ -1378,6 +1394,8 @@ void engine_post_message(struct engine *e, const struct session_rec *s,
         emit(b, "input.message", wrap_message(&b->arena, msg, NULL), msg);
         b->delivery = "steered";
         ls->steered++;
+        /* if the turn fails before it answers, this starts the next one */
+        snprintf(ls->queued_msg_id, sizeof(ls->queued_msg_id), "%s", msg_id);
     }
     batch_submit(b);
 }

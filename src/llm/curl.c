@@ -503,7 +503,7 @@ static char *anthropic_body(const char *model, const char *messages, const char 
     return s;
 }
 
-static char *openai_body(const char *model, const char *messages, const char *tools)
+static char *openai_body(const char *model, const char *messages, const char *tools, int parallel)
 {
     json_t *body = json_object();
     json_object_set_new(body, "model", json_string(model));
@@ -520,6 +520,7 @@ static char *openai_body(const char *model, const char *messages, const char *to
                           json_object_get(t, "description") ?: json_string(""), "parameters",
                           json_object_get(t, "parameters") ?: json_object()));
         json_object_set_new(body, "tools", ot);
+        if (parallel >= 0) json_object_set_new(body, "parallel_tool_calls", json_boolean(parallel));
     }
     json_decref(tl);
     char *s = json_dumps(body, JSON_COMPACT);
@@ -528,8 +529,8 @@ static char *openai_body(const char *model, const char *messages, const char *to
 }
 
 struct llm_call *llm_start(struct llm *m, const struct llm_provider *p, const char *model,
-                           const char *messages, const char *tools, llm_delta_fn on_delta,
-                           llm_done_fn on_done, void *ud)
+                           const char *messages, const char *tools, int parallel,
+                           llm_delta_fn on_delta, llm_done_fn on_done, void *ud)
 {
     struct llm_call *c = xcalloc(1, sizeof(*c));
     c->m = m;
@@ -544,8 +545,8 @@ struct llm_call *llm_start(struct llm *m, const struct llm_provider *p, const ch
     size_t ul = strlen(p->base_url) + 32;
     c->url = xmalloc(ul);
     snprintf(c->url, ul, "%s%s", p->base_url, c->anthropic ? "/messages" : "/chat/completions");
-    c->body =
-        c->anthropic ? anthropic_body(model, messages, tools) : openai_body(model, messages, tools);
+    c->body = c->anthropic ? anthropic_body(model, messages, tools)
+                           : openai_body(model, messages, tools, parallel);
     c->headers = curl_slist_append(NULL, "Content-Type: application/json");
     c->headers = curl_slist_append(c->headers, "Accept: text/event-stream");
     char h[1100];

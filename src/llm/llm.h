@@ -39,9 +39,10 @@ struct llm *llm_new(struct loop *l, long timeout_ms, int retries);
 void llm_free(struct llm *m);
 /* messages: a JSON array in OpenAI chat format (system first); tools: a
  * JSON array of {name, description, parameters} or NULL. */
+/* parallel: -1 unset, else the session's/agent's parallel_tool_calls */
 struct llm_call *llm_start(struct llm *m, const struct llm_provider *p, const char *model,
-                           const char *messages, const char *tools, llm_delta_fn on_delta,
-                           llm_done_fn on_done, void *ud);
+                           const char *messages, const char *tools, int parallel,
+                           llm_delta_fn on_delta, llm_done_fn on_done, void *ud);
 void llm_cancel(struct llm_call *c);
 
 #endif

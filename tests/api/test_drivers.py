@@ -188,3 +188,15 @@ def test_controls_model_id_picks_the_model_for_one_turn(srv, fake):
                {"message": {"content": [{"type": "text", "text": "x"}]},
                 "controls": {"model_id": "model_" + "0" * 32}})
     assert r.status_code == 404
+
+
+def test_parallel_tool_calls_setting_reaches_openai(srv, fake):
+    c = srv.client()
+    sid = session(c, "openai", "gpt-fake", parallel_tool_calls=False)
+    post_message(c, sid, "hello")
+    wait_turn_end(c, sid)
+    assert fake.requests[-1]["body"]["parallel_tool_calls"] is False
+    sid = session(c, "openai", "gpt-fake")
+    post_message(c, sid, "hello")
+    wait_turn_end(c, sid)
+    assert "parallel_tool_calls" not in fake.requests[-1]["body"]

@@ -676,3 +676,20 @@ def test_openapi_documents_turn_routes(api):
     text = json.dumps(doc)
     for name in re.findall(r'"#/components/schemas/([^"]+)"', text):
         assert name in doc["components"]["schemas"], "dangling $ref " + name
+
+
+def test_message_steered_into_a_failing_turn_gets_its_own_turn(api):
+    sid = api.create_session({})["id"]
+    post_message(api, sid, "this fails slowly", {"fail": "llm_error", "latency_ms": 600})
+    wait_for(lambda: any(e["type"] == "reason.started" for e in get_events(api, sid)),
+             what="the first turn to think")
+    m = post_message(api, sid, "but answer me")
+    assert m["delivery"] == "steered"
+    evs = wait_turn_end(api, sid, turns=2)
+    check_log(evs, sid)
+    t = [e["type"] for e in evs]
+    assert "turn.failed" in t and t[-2:] == ["turn.completed", "session.idled"], t
+    second = [e for e in evs if e["type"] == "turn.started"][-1]
+    assert second["data"]["input_message_id"] == m["id"]
+    answer = [e for e in evs if e["type"] == "output.message.completed"][-1]
+    assert "but answer me" in answer["data"]["message"]["content"][0]["text"]
