@@ -17,17 +17,18 @@ PY      := /usr/bin/python3
 
 SRCS := $(sort $(wildcard src/*.c src/*/*.c))
 LIB_SRCS := $(filter-out src/main.c,$(SRCS))
-GEN  := build/gen/openapi_doc.c
+GEN  := build/gen/openapi_doc.c build/gen/console_html.c
 
-OBJS      := $(patsubst src/%.c,build/obj/%.o,$(SRCS)) build/obj/gen/openapi_doc.o
-ASAN_OBJS := $(patsubst src/%.c,build/asan/obj/%.o,$(SRCS)) build/asan/obj/gen/openapi_doc.o
-LIB_OBJS  := $(patsubst src/%.c,build/obj/%.o,$(LIB_SRCS)) build/obj/gen/openapi_doc.o
+GEN_O     := gen/openapi_doc.o gen/console_html.o
+OBJS      := $(patsubst src/%.c,build/obj/%.o,$(SRCS)) $(addprefix build/obj/,$(GEN_O))
+ASAN_OBJS := $(patsubst src/%.c,build/asan/obj/%.o,$(SRCS)) $(addprefix build/asan/obj/,$(GEN_O))
+LIB_OBJS  := $(patsubst src/%.c,build/obj/%.o,$(LIB_SRCS)) $(addprefix build/obj/,$(GEN_O))
 ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,build/unit/%,$(UNIT_SRCS))
 
-.PHONY: all run test unit api api-asan api-valgrind asan bench format check-format deps clean
+.PHONY: all run test unit api api-asan api-valgrind browser asan bench format check-format deps clean
 
 all: build/loopd
 
@@ -42,9 +43,13 @@ build/obj/gen/%.o: build/gen/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(CFLAGS) -c -o $@ $<
 
-$(GEN): docs/openapi.json scripts/embed
+build/gen/openapi_doc.c: docs/openapi.json scripts/embed
 	@mkdir -p $(dir $@)
 	scripts/embed loopd_openapi_json $< > $@
+
+build/gen/console_html.c: web/console.html scripts/embed
+	@mkdir -p $(dir $@)
+	scripts/embed loopd_console_html $< > $@
 
 asan: build/asan/loopd
 build/asan/loopd: $(ASAN_OBJS)
@@ -84,12 +89,17 @@ api-valgrind: build/loopd
 		tests/api/test_agents.py tests/api/test_chat.py tests/api/test_turns.py \
 		tests/api/test_sse.py tests/api/test_tools.py tests/api/test_drivers.py
 
+# the web console in Debian's headless Chromium (playwright-core from npm)
+browser: build/loopd
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && node --test console.test.mjs
+
 test: deps
 	@$(MAKE) --no-print-directory all check-format
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory api
 	@$(MAKE) --no-print-directory api-asan
 	@$(MAKE) --no-print-directory api-valgrind
+	@$(MAKE) --no-print-directory browser
 
 bench: 
 	@scripts/install-deps --bench

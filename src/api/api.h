@@ -70,6 +70,7 @@ void h_healthz(struct req *r);
 void h_readyz(struct req *r);
 void h_metrics(struct req *r);
 void h_openapi(struct req *r);
+void h_console(struct req *r);
 void h_models_list(struct req *r);
 void h_sessions_create(struct req *r);
 void h_sessions_list(struct req *r);

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+extern const char loopd_console_html[];
+extern const unsigned long loopd_console_html_len;
 extern const char loopd_openapi_json[];
 extern const unsigned long loopd_openapi_json_len;
 
@@ -36,6 +38,22 @@ void h_metrics(struct req *r)
     char *text = buf_take(&b, &len);
     reply_text(r, 200, "text/plain; version=0.0.4", text, len, 1);
     free(text);
+}
+
+/* The console: one page from the binary.  The API calls it makes carry
+ * the key; the page itself needs none.  Strict CSP: nothing but this origin. */
+void h_console(struct req *r)
+{
+    struct reply_header h[3] = {
+        {"Content-Security-Policy",
+         "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' "
+         "'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'"},
+        {"Cache-Control", "no-cache"},
+        {"X-Content-Type-Options", "nosniff"}};
+    struct buf b;
+    buf_init(&b, loopd_console_html_len + 1);
+    buf_add(&b, loopd_console_html, loopd_console_html_len);
+    reply_html(r, &b, h, 3);
 }
 
 void h_openapi(struct req *r)

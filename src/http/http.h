@@ -61,6 +61,7 @@ struct reply_header {
     const char *name, *value;
 };
 void reply_json(struct req *r, int status, struct buf *body);
+void reply_html(struct req *r, struct buf *body, const struct reply_header *h, int nh);
 void reply_json_h(struct req *r, int status, struct buf *body, const struct reply_header *h,
                   int nh);
 void reply_text(struct req *r, int status, const char *ctype, const char *text, size_t len,

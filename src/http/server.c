@@ -321,6 +321,15 @@ void reply_json_h(struct req *r, int status, struct buf *body, const struct repl
     set_response(r, status, resp);
 }
 
+void reply_html(struct req *r, struct buf *body, const struct reply_header *h, int nh)
+{
+    struct MHD_Response *resp = make_resp(body);
+    MHD_add_response_header(resp, "Content-Type", "text/html; charset=utf-8");
+    for (int i = 0; i < nh; i++)
+        MHD_add_response_header(resp, h[i].name, h[i].value);
+    set_response(r, 200, resp);
+}
+
 void reply_json(struct req *r, int status, struct buf *body)
 {
     reply_json_h(r, status, body, NULL, 0);

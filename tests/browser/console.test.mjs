@@ -1,0 +1,158 @@
+// Drives the real loopd console in Debian's headless Chromium: sign in,
+// create a session, send a message and watch the streamed answer, answer a
+// client-side tool call, cancel a running turn, rename a session and see
+// the list update, and the error shown for a wrong API key.  Screenshots
+// of the list and a session page go to build/.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import net from "node:net";
+import { chromium } from "playwright-core";
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const BIN = process.env.LOOPD_BIN || join(ROOT, "build", "loopd");
+const KEY = "evr_pat_" + "ab".repeat(24);
+let proc, base, browser, dataDir;
+
+function freePort() {
+  return new Promise((res) => {
+    const s = net.createServer();
+    s.listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => res(p)); });
+  });
+}
+
+async function waitReady(url, ms) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    try { if ((await fetch(url + "/healthz")).ok) return; } catch (e) { /* not yet */ }
+    await new Promise((r) => setTimeout(r, 50)); // polling, bounded by the deadline
+  }
+  throw new Error("loopd did not become ready");
+}
+
+async function api(method, path, body) {
+  const r = await fetch(base + path, { method, headers: { Authorization: KEY, "Content-Type": "application/json" },
+                                       body: body === undefined ? undefined : JSON.stringify(body) });
+  const t = await r.text();
+  if (!r.ok) throw new Error(method + " " + path + " -> " + r.status + " " + t);
+  return t ? JSON.parse(t) : null;
+}
+
+before(async () => {
+  dataDir = mkdtempSync(join(tmpdir(), "loopd-browser-"));
+  const port = await freePort();
+  base = "http://127.0.0.1:" + port;
+  proc = spawn(BIN, ["--listen", "127.0.0.1:" + port, "--data-dir", dataDir, "--log-level", "warn"],
+               { env: { ...process.env, LOOPD_BOOTSTRAP_KEY: KEY }, stdio: ["ignore", "inherit", "inherit"] });
+  await waitReady(base, 10000);
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (proc) {
+    const done = new Promise((res) => proc.on("exit", (code) => res(code)));
+    proc.kill("SIGTERM");
+    assert.equal(await done, 0, "loopd exited non-zero");
+  }
+  rmSync(dataDir, { recursive: true, force: true });
+});
+
+async function signedIn() {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
+  await page.goto(base + "/");
+  await page.getByLabel("API key").fill(KEY);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Sessions" }).waitFor();
+  return page;
+}
+
+test("a wrong API key shows the API's error", async () => {
+  const page = await browser.newPage();
+  await page.goto(base + "/");
+  await page.getByLabel("API key").fill("evr_pat_wrong");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  const err = page.getByTestId("error");
+  await err.waitFor();
+  assert.match(await err.innerText(), /Invalid API key/);
+  await page.close();
+});
+
+test("sign in, create a session, send a message and see the answer stream in", async () => {
+  const page = await signedIn();
+  await page.getByTestId("new-title").fill("Browser test");
+  await page.getByTestId("create-session").click();
+  await page.getByTestId("composer").waitFor();
+  assert.match(page.url(), /\/sessions\/session_[0-9a-f]{32}\/chat$/);
+  await page.getByTestId("composer").fill("Hello from the browser");
+  await page.getByTestId("send").click();
+  const answer = page.getByTestId("msg-agent").last();
+  await answer.waitFor();
+  await page.waitForFunction(() => /deterministic model/.test(
+    [...document.querySelectorAll("[data-testid=msg-agent]")].pop()?.textContent || ""));
+  assert.match(await answer.innerText(), /You said: "Hello from the browser"/);
+  await page.waitForFunction(() => document.querySelector("[data-testid=session-status]").textContent === "idle");
+  assert.match(await page.getByTestId("usage").innerText(), /tokens: \d+ in, \d+ out/);
+  mkdirSync(join(ROOT, "build"), { recursive: true });
+  await page.screenshot({ path: join(ROOT, "build", "console-session.png"), fullPage: true });
+  await page.close();
+});
+
+test("answer a client-side tool call by hand", async () => {
+  const s = await api("POST", "/v1/sessions", { title: "Tool test", tools: [{ type: "client_side", name: "ask_human",
+    description: "Ask", parameters: { type: "object" } }] });
+  const page = await signedIn();
+  await page.goto(base + "/sessions/" + s.id + "/chat");
+  await page.getByTestId("composer").waitFor();
+  await api("POST", "/v1/sessions/" + s.id + "/messages", { message: { role: "user", content: [{ type: "text", text: "ask me" }] },
+    controls: { hints: { llmsim: { tool: "ask_human", arguments: { q: "color?" } } } } });
+  const form = page.getByTestId("tool-request");
+  await form.waitFor();
+  assert.match(await form.innerText(), /ask_human/);
+  await page.getByTestId("tool-result-input").fill("blue");
+  await page.getByTestId("tool-submit").click();
+  await page.waitForFunction(() => /tools returned: ask_human: blue/.test(
+    [...document.querySelectorAll("[data-testid=msg-agent]")].pop()?.textContent || ""));
+  await page.waitForFunction(() => document.querySelector("[data-testid=session-status]").textContent === "idle");
+  await page.close();
+});
+
+test("cancel a running turn", async () => {
+  const s = await api("POST", "/v1/sessions", { title: "Cancel test" });
+  const page = await signedIn();
+  await page.goto(base + "/sessions/" + s.id + "/chat");
+  await page.getByTestId("composer").fill("take your time llmsim:latency=20000");
+  await page.getByTestId("send").click();
+  await page.waitForFunction(() => document.querySelector("[data-testid=session-status]").textContent === "active");
+  await page.getByTestId("cancel").click();
+  await page.waitForFunction(() => /Work was cancelled by user/.test(document.querySelector("[data-testid=conversation]").textContent));
+  await page.waitForFunction(() => document.querySelector("[data-testid=session-status]").textContent === "idle");
+  const st = await api("GET", "/v1/sessions/" + s.id);
+  assert.equal(st.status, "idle");
+  await page.close();
+});
+
+test("rename a session and see the list update", async () => {
+  const s = await api("POST", "/v1/sessions", { title: "Old name" });
+  const page = await signedIn();
+  await page.goto(base + "/sessions/" + s.id + "/chat");
+  await page.getByTestId("title").fill("New name from the console");
+  await page.getByTestId("tags").fill("ui, renamed");
+  await page.getByTestId("save-meta").click();
+  await page.getByRole("button", { name: "Saved" }).waitFor();
+  const st = await api("GET", "/v1/sessions/" + s.id);
+  assert.equal(st.title, "New name from the console");
+  assert.deepEqual(st.tags, ["ui", "renamed"]);
+  await page.getByRole("link", { name: "← Sessions" }).click();
+  await page.getByRole("link", { name: "New name from the console" }).waitFor();
+  await page.screenshot({ path: join(ROOT, "build", "console-list.png"), fullPage: true });
+  await page.close();
+});
