@@ -451,6 +451,19 @@ void h_sessions_list(struct req *r)
     if (parse_time_param(r, "created_after", &f.created_after) ||
         parse_time_param(r, "created_before", &f.created_before))
         return;
+    /* loopd extension: pinned=true lists the caller's pinned sessions only,
+     * pinned=false the others (the console shows pinned ones first) */
+    const char *pin = req_query(r, "pinned");
+    if (pin && *pin) {
+        if (strcmp(pin, "true") == 0)
+            f.pinned = 1;
+        else if (strcmp(pin, "false") == 0)
+            f.pinned = -1;
+        else {
+            reply_problem(r, LD_E_BAD_REQUEST, "pinned: must be true or false");
+            return;
+        }
+    }
     const char *order = req_query(r, "order");
     if (order && *order) {
         if (strcmp(order, "last_activity") == 0)

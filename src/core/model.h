@@ -74,6 +74,7 @@ struct session_filter {
     int outcome_mask;   /* bit per enum turn_outcome for idle sessions; 0 = any */
     int64_t created_after, created_before; /* 0 = unbounded */
     int order_activity;                    /* 1: last_activity_at DESC */
+    int pinned;                            /* 1: only the caller's pinned, -1: unpinned, 0: all */
     long offset, limit;
 };
 

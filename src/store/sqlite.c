@@ -470,6 +470,10 @@ static void list_where(struct buf *q, const struct session_filter *f)
     }
     if (f->created_after) buf_puts(q, " AND s.created_at > ?5");
     if (f->created_before) buf_puts(q, " AND s.created_at < ?6");
+    if (f->pinned)
+        buf_puts(q, f->pinned > 0
+                        ? " AND s.id IN (SELECT session_id FROM pins WHERE user_id = ?1)"
+                        : " AND s.id NOT IN (SELECT session_id FROM pins WHERE user_id = ?1)");
 }
 
 static void list_bind(sqlite3_stmt *s, const char *org_id, const struct session_filter *f,
@@ -488,7 +492,7 @@ enum ld_err store_session_list(struct store *st, const char *org_id, const char 
 {
     char *like = f->search ? like_pattern(a, f->search) : NULL;
     int unfiltered = !f->agent_id && !f->search && !f->status_mask && !f->outcome_mask &&
-                     !f->created_after && !f->created_before;
+                     !f->created_after && !f->created_before && !f->pinned;
     struct buf q;
     buf_init(&q, 4096);
     sqlite3_stmt *s;
@@ -502,6 +506,7 @@ enum ld_err store_session_list(struct store *st, const char *org_id, const char 
         list_where(&q, f);
         s = conn_stmt(&st->rd, q.data);
         if (!s) goto fail;
+        bind_text(s, 1, user_id);
         list_bind(s, org_id, f, like);
     }
     *total = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;

@@ -193,3 +193,18 @@ def test_search_unicode_and_quotes(lsrv):
         assert [s["id"] for s in listing(c, search="\"quoted\" it's")["data"]] == [a["id"]]
     finally:
         expect(c.delete("/v1/sessions/" + a["id"]), 204)
+
+
+def test_pinned_filter_lists_the_callers_pinned_sessions(fresh_server):
+    srv = fresh_server()
+    c = srv.client()
+    ids = [c.create_session({"title": "p%d" % i})["id"] for i in range(4)]
+    for sid in ids[:2]:
+        assert c.put("/v1/sessions/%s/pin" % sid).status_code == 204
+    got = c.get("/v1/sessions", params={"pinned": "true"}).json()
+    assert {s["id"] for s in got["data"]} == set(ids[:2]) and got["total"] == 2
+    assert all(s["is_pinned"] for s in got["data"])
+    rest = c.get("/v1/sessions", params={"pinned": "false"}).json()
+    assert {s["id"] for s in rest["data"]} == set(ids[2:]) and rest["total"] == 2
+    r = c.get("/v1/sessions", params={"pinned": "yes"})
+    assert r.status_code == 400 and "pinned" in r.json()["detail"]

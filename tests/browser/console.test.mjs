@@ -106,6 +106,39 @@ test("sign in, create a session, send a message and see the answer stream in", a
   await page.close();
 });
 
+test("the answer appears token by token, and pinned sessions come first", async () => {
+  const s = await api("POST", "/v1/sessions", { title: "Streaming test" });
+  const page = await signedIn();
+  await page.goto(base + "/sessions/" + s.id + "/chat");
+  await page.getByTestId("composer").waitFor();
+  // record every text the agent's bubble shows while the answer streams
+  await page.evaluate(() => {
+    window.seen = [];
+    new MutationObserver(() => {
+      const b = [...document.querySelectorAll("[data-testid=msg-agent]")].pop();
+      if (b && window.seen[window.seen.length - 1] !== b.textContent) window.seen.push(b.textContent);
+    }).observe(document.querySelector("[data-testid=conversation]"), { subtree: true, childList: true, characterData: true });
+  });
+  await page.getByTestId("composer").fill("please stream this answer llmsim:latency=1600");
+  await page.getByTestId("send").click();
+  await page.waitForFunction(() => document.querySelector("[data-testid=session-status]").textContent === "idle"
+    && /deterministic model/.test([...document.querySelectorAll("[data-testid=msg-agent]")].pop()?.textContent || ""));
+  const seen = await page.evaluate(() => window.seen);
+  assert.ok(seen.length >= 3, "the answer arrived in one piece: " + JSON.stringify(seen));
+  for (let i = 1; i < seen.length; i++) assert.ok(seen[i].startsWith(seen[i - 1]), "text went back: " + JSON.stringify(seen));
+  // pin it: the list shows it first, above newer sessions
+  await api("POST", "/v1/sessions", { title: "Newer, not pinned" });
+  await api("PUT", "/v1/sessions/" + s.id + "/pin");
+  await page.getByRole("link", { name: "← Sessions" }).click();
+  await page.getByRole("link", { name: "Newer, not pinned" }).waitFor();
+  const first = page.getByTestId("session-row").first();
+  assert.equal(await first.getAttribute("data-id"), s.id);
+  // narrow screen
+  await page.setViewportSize({ width: 390, height: 760 });
+  await page.screenshot({ path: join(ROOT, "build", "console-narrow.png"), fullPage: true });
+  await page.close();
+});
+
 test("answer a client-side tool call by hand", async () => {
   const s = await api("POST", "/v1/sessions", { title: "Tool test", tools: [{ type: "client_side", name: "ask_human",
     description: "Ask", parameters: { type: "object" } }] });
