@@ -16,7 +16,21 @@ import { chromium } from "playwright-core";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const BIN = process.env.LOOPD_BIN || join(ROOT, "build", "loopd");
 const KEY = "evr_pat_" + "ab".repeat(24);
-let proc, base, browser, dataDir;
+let proc, base, browser, dataDir, port;
+
+function startLoopd() {
+  proc = spawn(BIN, ["--listen", "127.0.0.1:" + port, "--data-dir", dataDir, "--log-level", "warn"],
+               { env: { ...process.env, LOOPD_BOOTSTRAP_KEY: KEY }, stdio: ["ignore", "inherit", "inherit"] });
+  return waitReady(base, 10000);
+}
+
+async function stopLoopd() {
+  const done = new Promise((res) => proc.on("exit", (code) => res(code)));
+  proc.kill("SIGTERM");
+  const code = await done;
+  proc = null;
+  return code;
+}
 
 function freePort() {
   return new Promise((res) => {
@@ -44,11 +58,9 @@ async function api(method, path, body) {
 
 before(async () => {
   dataDir = mkdtempSync(join(tmpdir(), "loopd-browser-"));
-  const port = await freePort();
+  port = await freePort();
   base = "http://127.0.0.1:" + port;
-  proc = spawn(BIN, ["--listen", "127.0.0.1:" + port, "--data-dir", dataDir, "--log-level", "warn"],
-               { env: { ...process.env, LOOPD_BOOTSTRAP_KEY: KEY }, stdio: ["ignore", "inherit", "inherit"] });
-  await waitReady(base, 10000);
+  await startLoopd();
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -58,11 +70,7 @@ before(async () => {
 
 after(async () => {
   if (browser) await browser.close();
-  if (proc) {
-    const done = new Promise((res) => proc.on("exit", (code) => res(code)));
-    proc.kill("SIGTERM");
-    assert.equal(await done, 0, "loopd exited non-zero");
-  }
+  if (proc) assert.equal(await stopLoopd(), 0, "loopd exited non-zero");
   rmSync(dataDir, { recursive: true, force: true });
 });
 
@@ -187,5 +195,28 @@ test("rename a session and see the list update", async () => {
   await page.getByRole("link", { name: "← Sessions" }).click();
   await page.getByRole("link", { name: "New name from the console" }).waitFor();
   await page.screenshot({ path: join(ROOT, "build", "console-list.png"), fullPage: true });
+  await page.close();
+});
+
+test("after the connection drops, the page resumes without losing or repeating", async () => {
+  const s = await api("POST", "/v1/sessions", { title: "Reconnect test" });
+  await api("POST", "/v1/sessions/" + s.id + "/messages", { message: { role: "user", content: [{ type: "text", text: "before the drop" }] } });
+  const page = await signedIn();
+  await page.goto(base + "/sessions/" + s.id + "/chat");
+  await page.waitForFunction(() => document.querySelectorAll("[data-testid=msg-agent]").length === 1
+    && /before the drop/.test(document.querySelector("[data-testid=msg-agent]").textContent));
+  // the server goes away (its streams end) and comes back on the same address
+  assert.equal(await stopLoopd(), 0);
+  await startLoopd();
+  await api("POST", "/v1/sessions/" + s.id + "/messages", { message: { role: "user", content: [{ type: "text", text: "after the drop" }] } });
+  await page.waitForFunction(() => /after the drop/.test(
+    [...document.querySelectorAll("[data-testid=msg-agent]")].pop()?.textContent || ""), null, { timeout: 15000 });
+  const texts = await page.$$eval("[data-testid=conversation] .msg", (els) => els.map((e) => e.dataset.testid + ":" + e.textContent));
+  assert.equal(texts.length, 4, JSON.stringify(texts)); // two questions, two answers
+  const st = await page.evaluate(() => window.loopdStream);
+  assert.ok(st.reconnects >= 1, JSON.stringify(st));
+  assert.equal(st.duplicates, 0, "an event arrived twice: " + JSON.stringify(st));
+  assert.match(texts[0], /^msg-user:before the drop/);
+  assert.match(texts[2], /^msg-user:after the drop/);
   await page.close();
 });
