@@ -45,6 +45,9 @@ int slug_valid(const char *s);
 /* A path parameter that must be an ID; answers 400 "Invalid <what> ID: …". */
 int path_id(struct req *r, int i, const char *prefix, const char *what);
 
+/* The session named by the path (org-scoped): 400 malformed, 404 unknown. */
+int session_from_path(struct req *r, struct session_rec *s);
+
 /* Pagination query: offset (>=0) and limit (1..100, larger clamped). */
 int page_params(struct req *r, long *offset, long *limit);
 void page_links(struct req *r, struct jw *w, long offset, long limit, int64_t total);

@@ -556,6 +556,18 @@ int fields_config(struct req *r, json_t *o, int with_hints, struct jw *x, const 
     return 0;
 }
 
+int session_from_path(struct req *r, struct session_rec *s)
+{
+    if (path_id(r, 0, "session", "session")) return -1;
+    enum ld_err e =
+        store_session_get(r->st, r->who.org_id, r->params[0], r->who.user_id, &r->arena, s);
+    if (e != LD_OK) {
+        reply_problem(r, e, e == LD_E_NOT_FOUND ? "Session not found" : "Storage error");
+        return -1;
+    }
+    return 0;
+}
+
 int path_id(struct req *r, int i, const char *prefix, const char *what)
 {
     char why[160];

@@ -12,18 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int load_session(struct req *r, struct session_rec *s)
-{
-    if (path_id(r, 0, "session", "session")) return -1;
-    enum ld_err e =
-        store_session_get(r->st, r->who.org_id, r->params[0], r->who.user_id, &r->arena, s);
-    if (e != LD_OK) {
-        reply_problem(r, e, e == LD_E_NOT_FOUND ? "Session not found" : "Storage error");
-        return -1;
-    }
-    return 0;
-}
-
 /* ---- POST messages ---- */
 
 static void posted(void *ud, enum ld_err err, const char *detail, const char *msg,
@@ -110,7 +98,7 @@ static const char *dump(struct req *r, json_t *v)
 void h_messages_post(struct req *r)
 {
     struct session_rec s;
-    if (load_session(r, &s)) return;
+    if (session_from_path(r, &s)) return;
     json_t *body = body_object(r, 0);
     if (!body) return;
     struct engine_input in;
@@ -201,7 +189,7 @@ static void add_msg(const char *json, void *ud)
 void h_messages_list(struct req *r)
 {
     struct session_rec s;
-    if (load_session(r, &s)) return;
+    if (session_from_path(r, &s)) return;
     struct buf arr;
     buf_init(&arr, LD_MAX_RESPONSE);
     struct list_ctx c = {&arr, 0};
@@ -344,7 +332,7 @@ int event_cursor(struct req *r, const char *session_id, int sse, int64_t *after)
 void h_events_list(struct req *r)
 {
     struct session_rec s;
-    if (load_session(r, &s)) return;
+    if (session_from_path(r, &s)) return;
     struct event_filter f;
     if (event_filter_parse(r, &f)) return;
     int64_t after;
@@ -435,7 +423,7 @@ static void cancelled(void *ud, enum ld_err err, int did)
 void h_session_cancel(struct req *r)
 {
     struct session_rec s;
-    if (load_session(r, &s)) return;
+    if (session_from_path(r, &s)) return;
     engine_cancel(r->eng, &s, cancelled, r);
     if (!r->resp) req_suspend(r);
 }
@@ -466,7 +454,7 @@ static void results_done(void *ud, enum ld_err err, const char *detail, int acce
 void h_tool_results(struct req *r)
 {
     struct session_rec s;
-    if (load_session(r, &s)) return;
+    if (session_from_path(r, &s)) return;
     json_t *body = body_object(r, 0);
     if (!body) return;
     json_t *arr = json_object_get(body, "tool_results");

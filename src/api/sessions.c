@@ -239,14 +239,8 @@ out:
 
 void h_session_get(struct req *r)
 {
-    if (path_id(r, 0, "session", "session")) return;
     struct session_rec s;
-    enum ld_err e =
-        store_session_get(r->st, r->who.org_id, r->params[0], r->who.user_id, &r->arena, &s);
-    if (e != LD_OK) {
-        reply_problem(r, e, e == LD_E_NOT_FOUND ? "Session not found" : "Storage error");
-        return;
-    }
+    if (session_from_path(r, &s)) return;
     char etag[32];
     etag_of(s.version, etag);
     const char *inm = req_header(r, "If-None-Match");
@@ -338,14 +332,8 @@ static void deleted_done(struct store_op *op)
 
 void h_session_delete(struct req *r)
 {
-    if (path_id(r, 0, "session", "session")) return;
     struct session_rec cur;
-    enum ld_err e =
-        store_session_get(r->st, r->who.org_id, r->params[0], r->who.user_id, &r->arena, &cur);
-    if (e != LD_OK) {
-        reply_problem(r, e, e == LD_E_NOT_FOUND ? "Session not found" : "Storage error");
-        return;
-    }
+    if (session_from_path(r, &cur)) return;
     if (engine_session_busy(r->eng, cur.id)) {
         reply_problem(r, LD_E_CONFLICT,
                       "Session has a turn in progress; cancel it (POST .../cancel) first");

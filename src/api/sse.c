@@ -223,14 +223,8 @@ static void sse_free(void *cls)
 
 void h_sse(struct req *r)
 {
-    if (path_id(r, 0, "session", "session")) return;
     struct session_rec s;
-    enum ld_err e =
-        store_session_get(r->st, r->who.org_id, r->params[0], r->who.user_id, &r->arena, &s);
-    if (e != LD_OK) {
-        reply_problem(r, e, e == LD_E_NOT_FOUND ? "Session not found" : "Storage error");
-        return;
-    }
+    if (session_from_path(r, &s)) return;
     struct event_filter f;
     if (event_filter_parse(r, &f)) return;
     int64_t after;

@@ -413,6 +413,17 @@ static void batch_done(struct store_op *op)
 
 /* ---- messages as JSON ---- */
 
+/* [{"type":"text","text":<text>}] */
+static void text_parts(struct jw *w, const char *text)
+{
+    jw_arr(w);
+    jw_obj(w);
+    jw_kstr(w, "type", "text");
+    jw_kstr(w, "text", text);
+    jw_end(w);
+    jw_end(w);
+}
+
 /* opens a Message object: id, session_id, sequence, role */
 static void message_head(struct jw *w, const char *id, const char *session_id, int64_t seq,
                          const char *role)
@@ -453,12 +464,7 @@ static const char *agent_message(struct arena *a, const char *id, const char *se
     jw_init(&w, &o);
     message_head(&w, id, session_id, seq, "agent");
     jw_key(&w, "content");
-    jw_arr(&w);
-    jw_obj(&w);
-    jw_kstr(&w, "type", "text");
-    jw_kstr(&w, "text", text);
-    jw_end(&w);
-    jw_end(&w);
+    text_parts(&w, text);
     jw_kstr(&w, "phase", "final_answer");
     jw_ktime(&w, "created_at", ts);
     jw_end(&w);
@@ -691,12 +697,7 @@ static void tool_result_message(struct batch *b, struct pending_call *c, const c
         jw_kstr(&w, "error", error);
     } else {
         jw_key(&w, "result");
-        jw_arr(&w);
-        jw_obj(&w);
-        jw_kstr(&w, "type", "text");
-        jw_kstr(&w, "text", result_text);
-        jw_end(&w);
-        jw_end(&w);
+        text_parts(&w, result_text);
     }
     jw_ki64(&w, "duration_ms", dur_ms);
     jw_key(&w, "message");
