@@ -68,13 +68,6 @@ struct llm_call {
 
 static void check_done(struct llm *m);
 
-static void on_sock(void *ud, uint32_t events)
-{
-    /* ud carries the fd; the llm is found through the socket's data */
-    (void)ud;
-    (void)events;
-}
-
 struct sockctx {
     struct llm *m;
     curl_socket_t fd;
@@ -111,7 +104,6 @@ static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *socke
     }
     uint32_t ev = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
     loop_add_fd(m->loop, fd, ev, sock_ready, sc);
-    (void)on_sock;
     return 0;
 }
 
