@@ -795,6 +795,43 @@ static void run_server_tools(struct batch *done)
     batch_submit(b);
 }
 
+/* The calls of a step go on: the server-side ones not yet answered get
+ * their ledger (act.started, tool.started), committed before they run
+ * (run_server_tools); with only client-side ones open, they are requested. */
+static void start_tools(struct batch *b, struct turn *t)
+{
+    int server = 0;
+    for (int i = 0; i < t->ncalls; i++)
+        if (!t->calls[i].client && !t->calls[i].answered) server++;
+    if (!server) {
+        emit_call_requested(b, t);
+        return;
+    }
+    struct buf d;
+    buf_init(&d, LD_MAX_RESPONSE);
+    buf_puts(&d, "{\"tool_calls\":[");
+    int n = 0;
+    for (int i = 0; i < t->ncalls; i++) {
+        if (t->calls[i].client || t->calls[i].answered) continue;
+        buf_printf(&d, "%s{\"id\":\"%s\",\"name\":", n++ ? "," : "", t->calls[i].id);
+        buf_json_str(&d, t->calls[i].name);
+        buf_putc(&d, '}');
+    }
+    buf_puts(&d, "]}");
+    emit(b, "act.started", d.data, NULL);
+    for (int i = 0; i < t->ncalls; i++) {
+        if (t->calls[i].client || t->calls[i].answered) continue;
+        buf_reset(&d);
+        buf_printf(&d, "{\"tool_call\":{\"id\":\"%s\",\"name\":", t->calls[i].id);
+        buf_json_str(&d, t->calls[i].name);
+        buf_printf(&d, ",\"arguments\":%s}}", t->calls[i].arguments);
+        emit(b, "tool.started", d.data, NULL);
+    }
+    buf_free(&d);
+    t->state = T_TOOLS;
+    b->then = run_server_tools;
+}
+
 /* the model asked for tools: record the calls, run or request them */
 static void tool_step(struct engine *e, struct turn *t, struct batch *b, int64_t now, int64_t dur)
 {
@@ -807,14 +844,12 @@ static void tool_step(struct engine *e, struct turn *t, struct batch *b, int64_t
     buf_init(&calls, LD_MAX_RESPONSE);
     struct buf parts;
     buf_init(&parts, LD_MAX_RESPONSE);
-    int server = 0;
     for (int i = 0; i < p->ncalls; i++) {
         struct pending_call *c = &t->calls[t->ncalls++];
         snprintf(c->id, sizeof(c->id), "%s", p->calls[i].id);
         c->name = xstrdup(p->calls[i].name);
         c->arguments = xstrdup(p->calls[i].arguments);
         c->client = is_client_tool(ls, c->name);
-        if (!c->client) server++;
         buf_printf(&calls, "%s{\"id\":\"%s\",\"name\":", i ? "," : "", c->id);
         buf_json_str(&calls, c->name);
         buf_printf(&calls, ",\"arguments\":%s}", c->arguments);
@@ -851,32 +886,7 @@ static void tool_step(struct engine *e, struct turn *t, struct batch *b, int64_t
                "\"duration_ms\":%lld,\"usage\":%s}",
                t->ncalls, (long long)dur, u.data);
     emit(b, "reason.completed", d.data, NULL);
-    if (server) {
-        /* the ledger: every server-side call is durable before it runs */
-        buf_reset(&d);
-        buf_puts(&d, "{\"tool_calls\":[");
-        int n = 0;
-        for (int i = 0; i < t->ncalls; i++) {
-            if (t->calls[i].client) continue;
-            buf_printf(&d, "%s{\"id\":\"%s\",\"name\":", n++ ? "," : "", t->calls[i].id);
-            buf_json_str(&d, t->calls[i].name);
-            buf_putc(&d, '}');
-        }
-        buf_puts(&d, "]}");
-        emit(b, "act.started", d.data, NULL);
-        for (int i = 0; i < t->ncalls; i++) {
-            if (t->calls[i].client) continue;
-            buf_reset(&d);
-            buf_printf(&d, "{\"tool_call\":{\"id\":\"%s\",\"name\":", t->calls[i].id);
-            buf_json_str(&d, t->calls[i].name);
-            buf_printf(&d, ",\"arguments\":%s}}", t->calls[i].arguments);
-            emit(b, "tool.started", d.data, NULL);
-        }
-        t->state = T_TOOLS;
-        b->then = run_server_tools;
-    } else {
-        emit_call_requested(b, t);
-    }
+    start_tools(b, t);
     buf_free(&d);
     buf_free(&u);
     buf_free(&m);
@@ -1767,33 +1777,7 @@ static int resume_turn(struct engine *e, struct live *ls, const char *tid)
             return 1;
         }
         struct batch *b = batch_new(e, ls, t);
-        if (server_open) {
-            struct buf d;
-            buf_init(&d, LD_MAX_RESPONSE);
-            buf_puts(&d, "{\"tool_calls\":[");
-            int k = 0;
-            for (int i = 0; i < t->ncalls; i++) {
-                if (t->calls[i].client || t->calls[i].answered) continue;
-                buf_printf(&d, "%s{\"id\":\"%s\",\"name\":", k++ ? "," : "", t->calls[i].id);
-                buf_json_str(&d, t->calls[i].name);
-                buf_putc(&d, '}');
-            }
-            buf_puts(&d, "]}");
-            emit(b, "act.started", d.data, NULL);
-            for (int i = 0; i < t->ncalls; i++) {
-                if (t->calls[i].client || t->calls[i].answered) continue;
-                buf_reset(&d);
-                buf_printf(&d, "{\"tool_call\":{\"id\":\"%s\",\"name\":", t->calls[i].id);
-                buf_json_str(&d, t->calls[i].name);
-                buf_printf(&d, ",\"arguments\":%s}}", t->calls[i].arguments);
-                emit(b, "tool.started", d.data, NULL);
-            }
-            buf_free(&d);
-            t->state = T_TOOLS;
-            b->then = run_server_tools;
-        } else {
-            emit_call_requested(b, t);
-        }
+        start_tools(b, t);
         batch_submit(b);
         return 1;
     }
