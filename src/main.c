@@ -266,8 +266,10 @@ int main(int argc, char **argv)
     loop_add_fd(l, sfd, 0x001 /* EPOLLIN */, on_signal, &sfd);
     log_info("listening", "url", server_base_url(srv), "auth",
              cfg.auth == AUTH_NONE ? "none" : "keys", "version", LOOPD_VERSION, NULL);
-    while (!g_stop)
+    while (!g_stop) {
         loop_run_once(l, -1);
+        store_end_reads(st);
+    }
 
     log_info("shutting down", "inflight", "", NULL);
     server_quiesce(srv);
@@ -278,12 +280,15 @@ int main(int argc, char **argv)
     while ((server_inflight(srv) > 0 || store_pending(st) > 0 || sse_open_streams() > 0) &&
            time_mono_us() < deadline) {
         loop_run_once(l, 50);
+        store_end_reads(st);
         sse_close_all(); /* streams opened while draining end too */
     }
     /* let the answers just queued reach their sockets */
     int64_t flush = time_mono_us() + 200000;
-    while (time_mono_us() < flush)
+    while (time_mono_us() < flush) {
         loop_run_once(l, 20);
+        store_end_reads(st);
+    }
     server_stop(srv);
     store_close(st);
     engine_free(eng);

@@ -52,6 +52,11 @@ sqlite3_stmt *conn_stmt(struct conn *c, const char *sql)
     int victim = 0;
     c->tick++;
     c->nstmt++;
+    if (c->snapshot && !c->in_txn) {
+        /* a deferred BEGIN: the snapshot is taken by the first read, so
+         * reads until conn_end_snapshot cost no locking syscalls */
+        if (sqlite3_exec(c->db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK) c->in_txn = 1;
+    }
     for (int i = 0; i < STMT_CACHE; i++) {
         if (c->cache[i].sql && strcmp(c->cache[i].sql, sql) == 0) {
             c->cache[i].used = c->tick;
@@ -72,6 +77,15 @@ sqlite3_stmt *conn_stmt(struct conn *c, const char *sql)
     c->cache[victim].st = st;
     c->cache[victim].used = c->tick;
     return st;
+}
+
+void conn_end_snapshot(struct conn *c)
+{
+    if (!c->in_txn) return;
+    for (sqlite3_stmt *s = sqlite3_next_stmt(c->db, NULL); s; s = sqlite3_next_stmt(c->db, s))
+        if (sqlite3_stmt_busy(s)) sqlite3_reset(s);
+    sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
+    c->in_txn = 0;
 }
 
 int conn_exec(struct conn *c, const char *sql)

@@ -24,6 +24,7 @@ struct store *store_open(const char *dir, char *err, size_t errlen)
     conn_close(&mig);
     if (rc) goto fail;
     if (conn_open(&st->rd, st->path, 1, err, errlen)) goto fail;
+    st->rd.snapshot = 1;
     st->w = writer_start(st->path, err, errlen);
     if (!st->w) {
         conn_close(&st->rd);
@@ -55,7 +56,14 @@ enum ld_err store_submit(struct store *st, struct store_op *op)
 
 void store_drain(struct store *st)
 {
+    /* what just committed must be visible to whoever hears of it */
+    conn_end_snapshot(&st->rd);
     writer_drain(st->w);
+}
+
+void store_end_reads(struct store *st)
+{
+    conn_end_snapshot(&st->rd);
 }
 
 long store_pending(struct store *st)
@@ -66,6 +74,7 @@ long store_pending(struct store *st)
 void store_flush(struct store *st)
 {
     writer_flush(st->w);
+    conn_end_snapshot(&st->rd);
 }
 
 void store_quiesce(struct store *st)

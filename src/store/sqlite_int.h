@@ -19,6 +19,8 @@ struct conn {
     } cache[STMT_CACHE];
     uint64_t tick;
     uint64_t nstmt; /* statements handed out: SQL executed on this connection */
+    int snapshot;   /* reads share one transaction until conn_end_snapshot */
+    int in_txn;
 };
 
 int conn_open(struct conn *c, const char *path, int readonly, char *err, size_t errlen);
@@ -26,6 +28,8 @@ void conn_close(struct conn *c);
 /* A prepared, reset statement for sql (cached by text). NULL on error. */
 sqlite3_stmt *conn_stmt(struct conn *c, const char *sql);
 int conn_exec(struct conn *c, const char *sql);
+/* Ends the shared read transaction of a snapshot connection, if open. */
+void conn_end_snapshot(struct conn *c);
 
 /* binding helpers: NULL or "" binds SQL NULL for _opt */
 void bind_text(sqlite3_stmt *s, int i, const char *v);

@@ -109,6 +109,11 @@ int store_notify_fd(struct store *st);
 enum ld_err store_submit(struct store *st, struct store_op *op);
 /* Runs `done` for every op the writer has finished (call on the loop). */
 void store_drain(struct store *st);
+/* Reads on the loop share one snapshot (one read transaction, so no
+ * locking syscalls per statement) until this is called: at the end of each
+ * loop iteration and before write completions are delivered, so a write
+ * acknowledged to anyone is visible to every later read. */
+void store_end_reads(struct store *st);
 /* Ops queued or running. */
 long store_pending(struct store *st);
 /* Stops taking ops; returns when the writer has finished all queued ones. */
