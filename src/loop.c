@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #define MAX_TICKS 8
+#define MAX_AFTER 4
 
 struct watch {
     int fd;
@@ -38,8 +39,11 @@ struct loop {
     int nticks;
     loop_timeout_fn tfn;
     void *tud;
-    loop_tick_fn after;
-    void *aud;
+    struct {
+        loop_tick_fn fn;
+        void *ud;
+    } after[MAX_AFTER];
+    int nafter;
     int64_t next_tick;
 };
 
@@ -110,8 +114,11 @@ void loop_on_timeout(struct loop *l, loop_timeout_fn fn, void *ud)
 
 void loop_after_poll(struct loop *l, loop_tick_fn fn, void *ud)
 {
-    l->after = fn;
-    l->aud = ud;
+    if (l->nafter < MAX_AFTER) {
+        l->after[l->nafter].fn = fn;
+        l->after[l->nafter].ud = ud;
+        l->nafter++;
+    }
 }
 
 struct loop_timer *loop_timer_add(struct loop *l, long ms, loop_tick_fn fn, void *ud)
@@ -172,7 +179,8 @@ void loop_run_once(struct loop *l, long max_ms)
         if (fd < l->nw && l->w[fd].fn) l->w[fd].fn(l->w[fd].ud, evs[i].events);
     }
     run_timers(l);
-    if (l->after) l->after(l->aud);
+    for (int i = 0; i < l->nafter; i++)
+        l->after[i].fn(l->after[i].ud);
     now = time_mono_us();
     if (now >= l->next_tick) {
         l->next_tick = now + LOOP_TICK_MS * 1000;

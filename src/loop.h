@@ -22,7 +22,7 @@ int loop_add_fd(struct loop *l, int fd, uint32_t events, loop_fd_fn fn, void *ud
 void loop_del_fd(struct loop *l, int fd);
 void loop_on_tick(struct loop *l, loop_tick_fn fn, void *ud);
 void loop_on_timeout(struct loop *l, loop_timeout_fn fn, void *ud);
-/* Runs after every wait, whatever fired. */
+/* Runs after every wait, whatever fired, in the order added (at most 4). */
 void loop_after_poll(struct loop *l, loop_tick_fn fn, void *ud);
 /* One-shot timers with millisecond precision (turn latencies, SSE
  * heartbeats).  The handle stays valid until the timer fires or is

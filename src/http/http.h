@@ -36,8 +36,9 @@ struct req {
     int64_t t0; /* monotonic µs at the first byte we saw */
     struct buf body;
     int body_too_large;
-    int dispatched, suspended;
-    int route; /* index in the route table, -1 none */
+    int dispatched, suspended, detached;
+    int http10; /* the request said HTTP/1.0 */
+    int route;  /* index in the route table, -1 none */
     const char *params[REQ_MAX_PARAMS];
     struct principal who;
     /* the answer */
@@ -76,8 +77,12 @@ void reply_problem_h(struct req *r, enum ld_err e, const struct reply_header *h,
 /* after resuming a connection from a timer or the store: run MHD soon */
 void server_kick(struct server *s);
 
-/* answers with a prepared MHD response (SSE) */
-void reply_raw(struct req *r, int status, void *mhd_response);
+/* Takes the connection out of the HTTP server for a stream (SSE): returns
+ * a non-blocking descriptor of the socket, on which the caller writes the
+ * whole response, status line included, and which it closes; the server
+ * counts the request as a 200 and never touches the socket again.  -1 if
+ * that cannot be done (the caller still answers normally). */
+int req_detach(struct req *r);
 
 /* parks the request until a store op completes; the op's done callback
  * must then reply (which resumes the connection) */

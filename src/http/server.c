@@ -32,6 +32,9 @@
 #include "store/store.h"
 #include "util/timeutil.h"
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <stdarg.h>
@@ -297,9 +300,21 @@ static struct MHD_Response *make_resp(struct buf *body)
     return MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
 }
 
-void reply_raw(struct req *r, int status, void *mhd_response)
+int req_detach(struct req *r)
 {
-    set_response(r, status, mhd_response);
+    if (r->resp || r->detached) return -1;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return -1;
+    int fd = fcntl(ci->connect_fd, F_DUPFD_CLOEXEC, 3);
+    if (fd < 0) return -1;
+    /* MHD may have left the socket corked between its own sends */
+    int off = 0, on = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_CORK, &off, sizeof(off));
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+    r->detached = 1;
+    r->status = 200;
+    return fd;
 }
 
 struct loop *server_loop(struct server *s)
@@ -502,6 +517,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         r->t0 = now_us();
         arena_init(&r->arena);
         r->method = method_of(method);
+        r->http10 = version && strcmp(version, "HTTP/1.0") == 0;
         r->path = arena_strdup(&r->arena, url);
         snprintf(r->rid, sizeof(r->rid), "%s%08llx", s->rid_prefix,
                  (unsigned long long)++s->req_id);
@@ -569,6 +585,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
     }
     dispatch(r);
     if (r->resp) return queue(r);
+    /* a detached connection is ours now: MHD closes its descriptor (with
+     * MHD_USE_TURBO it does not shut the socket down) and forgets it */
+    if (r->detached) return MHD_NO;
     return MHD_YES;
 }
 
@@ -750,7 +769,7 @@ struct server *server_start(const struct config *cfg, struct store *st, struct e
     s->by_route = xcalloc((size_t)(route_count + 1) * (N_STATUS + 1), sizeof(uint64_t));
     random_hex(s->rid_prefix, 2);
     s->d = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, on_request, s,
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO, 0, NULL, NULL, on_request, s,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
