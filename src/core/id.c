@@ -9,15 +9,40 @@
 
 static const char hexd[] = "0123456789abcdef";
 
-void random_bytes(void *p, size_t n)
+static void fill(unsigned char *q, size_t n)
 {
-    unsigned char *q = p;
     while (n) {
         ssize_t r = getrandom(q, n, 0);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) abort(); /* no randomness: IDs and keys cannot be made safely */
         q += r;
         n -= (size_t)r;
+    }
+}
+
+/* Kernel randomness fetched 512 bytes at a time (one system call per ~50
+ * IDs instead of one each); each byte is handed out once, then wiped. */
+void random_bytes(void *p, size_t n)
+{
+    static _Thread_local unsigned char pool[512];
+    static _Thread_local size_t left;
+    unsigned char *q = p;
+    if (n > sizeof(pool)) {
+        fill(q, n);
+        return;
+    }
+    while (n) {
+        if (!left) {
+            fill(pool, sizeof(pool));
+            left = sizeof(pool);
+        }
+        size_t k = n < left ? n : left;
+        unsigned char *src = pool + sizeof(pool) - left;
+        memcpy(q, src, k);
+        memset(src, 0, k);
+        left -= k;
+        q += k;
+        n -= k;
     }
 }
 

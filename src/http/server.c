@@ -192,6 +192,11 @@ void server_metrics_render(struct server *s, struct buf *o)
                "# TYPE loopd_store_commit_seconds_total counter\n"
                "loopd_store_commit_seconds_total %.6f\n",
                (double)m.commit_us_total / 1e6);
+    buf_printf(o,
+               "# HELP loopd_store_wal_restarts_total Times the writer let the WAL start over.\n"
+               "# TYPE loopd_store_wal_restarts_total counter\n"
+               "loopd_store_wal_restarts_total %llu\n",
+               (unsigned long long)m.wal_catch_ups);
 }
 
 /* ---- request accessors ---- */
