@@ -288,13 +288,14 @@ typedef struct sess {
 	conn post, sse;
 	int inflight, got_201, got_input, got_completed, got_idled;
 	double t_sent;
+	double t_201, t_input; /* when the 201 and input.message arrived (0 not yet) */
 	long last_seq;
 	long turns;
 	int live;
 } sess;
 
 static int g_record;          /* record latencies for turns posted now */
-static samples g_lat_turn, g_lat_ack, g_lat_deliv;
+static samples g_lat_turn, g_lat_ack, g_lat_deliv, g_lat_fanout;
 static long g_done;           /* turns completed (201 + session.idled) */
 static long g_done_window;    /* ... while g_window_open */
 static int g_window_open;
@@ -319,6 +320,15 @@ static void turn_done(sess *s)
 		post_turn(s);
 }
 
+/* The 201 and input.message leave after the same commit: the time from the
+ * first of them to reach the client to the stream's frame is the fan-out
+ * (0 when the stream was first). */
+static void fanout_sample(sess *s)
+{
+	if (s->t_201 > 0 && s->t_input > 0)
+		sample_add(&g_lat_fanout, s->t_input > s->t_201 ? s->t_input - s->t_201 : 0);
+}
+
 static void on_post_resp(conn *c, int status, const char *body, size_t blen)
 {
 	sess *s = c->ud;
@@ -339,8 +349,11 @@ static void on_post_resp(conn *c, int status, const char *body, size_t blen)
 		err("session %s: 201 for a message with no turn in flight", s->id);
 		return;
 	}
-	if (g_record && s->t_sent > 0)
-		sample_add(&g_lat_ack, now() - s->t_sent);
+	if (g_record && s->t_sent > 0) {
+		s->t_201 = now();
+		sample_add(&g_lat_ack, s->t_201 - s->t_sent);
+		fanout_sample(s);
+	}
 	s->got_201 = 1;
 	if (s->got_idled)
 		turn_done(s);
@@ -362,6 +375,7 @@ static void post_turn(sess *s)
 			 s->id, g_port, g_key, sizeof MSG_BODY - 1, MSG_BODY);
 	s->inflight = 1;
 	s->got_201 = s->got_input = s->got_completed = s->got_idled = 0;
+	s->t_201 = s->t_input = 0;
 	g_inflight++;
 	g_posted++;
 	s->post.busy = 1;
@@ -401,8 +415,11 @@ static void on_event(conn *c, const char *type, long seq)
 	}
 	double t = now();
 	if (!strcmp(type, "input.message")) {
-		if (!s->got_input && g_record && s->t_sent > 0)
+		if (!s->got_input && g_record && s->t_sent > 0) {
 			sample_add(&g_lat_deliv, t - s->t_sent);
+			s->t_input = t;
+			fanout_sample(s);
+		}
 		s->got_input = 1;
 	} else if (!strcmp(type, "turn.completed")) {
 		if (g_record && s->t_sent > 0)
@@ -1136,6 +1153,7 @@ static void mode_streams(long nidle, long nlive, double rate, double dur)
 		idle_comments += g_sess[i].sse.comments;
 	printf("RESULT idle_heartbeats=%ld\n", idle_comments);
 	print_lat("live_deliv", &g_lat_deliv);
+	print_lat("live_fanout", &g_lat_fanout);
 	print_lat("live_turn", &g_lat_turn);
 	print_lat("live_ack", &g_lat_ack);
 }

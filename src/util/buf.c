@@ -60,7 +60,7 @@ static int grow(struct buf *b, size_t n)
     return 0;
 }
 
-int buf_add(struct buf *b, const void *p, size_t n)
+int buf_add_slow(struct buf *b, const void *p, size_t n)
 {
     if (grow(b, n)) return -1;
     memcpy(b->data + b->len, p, n);

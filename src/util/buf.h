@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 struct buf {
     char *data;   /* NUL-terminated while len < cap */
@@ -23,7 +24,18 @@ void buf_free(struct buf *b);
 void buf_reset(struct buf *b);
 /* Hands the data to the caller (free()); the buffer is left empty. */
 char *buf_take(struct buf *b, size_t *len);
-int buf_add(struct buf *b, const void *p, size_t n);
+int buf_add_slow(struct buf *b, const void *p, size_t n);
+/* Appends n bytes; the common case (room already allocated) is inline. */
+static inline int buf_add(struct buf *b, const void *p, size_t n)
+{
+    if (!b->overflow && n < b->alloc - b->len) { /* alloc > len while any is held */
+        memcpy(b->data + b->len, p, n);
+        b->len += n;
+        b->data[b->len] = 0;
+        return 0;
+    }
+    return buf_add_slow(b, p, n);
+}
 int buf_puts(struct buf *b, const char *s);
 int buf_putc(struct buf *b, char c);
 int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
