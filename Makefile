@@ -6,7 +6,7 @@
 #   make format   clang-format the sources; `make check-format` verifies
 
 CC      ?= cc
-PKGS    := libmicrohttpd jansson sqlite3 libcurl
+PKGS    := jansson sqlite3 libcurl
 CFLAGS_BASE := -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
 	-Wno-unused-parameter -Isrc $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 CFLAGS  ?= -O2 -g

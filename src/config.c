@@ -40,7 +40,7 @@ static const struct opt opts[] = {
     {"log-format", OPT_ENUM, O(log_json), 0, 0, 0, "logfmt", "logfmt|json", "log line format"},
     {"max-body", OPT_LONG, O(max_body), 0, 1024, LD_MAX_BODY_BOUND, "2097152", NULL,
      "largest request body in bytes (413 above)"},
-    {"max-header", OPT_LONG, O(max_header), 0, 1024, LD_MHD_POOL / 2, "16384", NULL,
+    {"max-header", OPT_LONG, O(max_header), 0, 1024, LD_MAX_HEADER_BOUND, "16384", NULL,
      "largest request header block in bytes (431 above)"},
     {"request-timeout", OPT_LONG, O(request_timeout), 0, 1, 3600, "30", NULL,
      "seconds to receive a whole request, headers and body (408 after)"},

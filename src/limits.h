@@ -12,10 +12,11 @@
 #define LD_DEFAULT_MAX_BODY (2u * 1024 * 1024)
 #define LD_MAX_BODY_BOUND (64u * 1024 * 1024)
 
-/* Request headers in all (names + values).  MHD's own pool (LD_MHD_POOL)
- * must be larger so that we, not MHD, answer with a problem+json 431. */
+/* Request headers in all (names + values); the request line may add
+ * 8 KiB (http/server.c).  The hard bound keeps a connection's input buffer
+ * small. */
 #define LD_DEFAULT_MAX_HEADER (16u * 1024)
-#define LD_MHD_POOL (32u * 1024)
+#define LD_MAX_HEADER_BOUND (64u * 1024)
 
 /* Total time to receive one request (headers and body), in seconds.  A
  * deadline, not an idle timer: a client that trickles bytes is cut off. */

@@ -273,8 +273,7 @@ int main(int argc, char **argv)
 
     log_info("shutting down", "inflight", "", NULL);
     server_quiesce(srv);
-    /* SSE streams end (clients resume elsewhere with their cursor); MHD
-     * must hold no suspended connection when it stops */
+    /* SSE streams end (clients resume elsewhere with their cursor) */
     sse_close_all();
     int64_t deadline = time_mono_us() + cfg.shutdown_timeout * 1000000;
     while ((server_inflight(srv) > 0 || store_pending(st) > 0 || sse_open_streams() > 0) &&

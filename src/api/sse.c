@@ -2,13 +2,12 @@
  * sse.c — GET /v1/sessions/{id}/sse (reference section 16).
  *
  * DESIGN
- *  - Once the request is validated, the stream takes its socket out of
- *    libmicrohttpd (req_detach) and writes the response itself: status
- *    line, headers, then events, delimited by closing the connection.  A
+ *  - Once the request is validated, the stream takes its socket from the
+ *    HTTP server (req_detach) and writes the response itself: status line,
+ *    headers, then events as chunks (HTTP/1.0: delimited by the close).  A
  *    stream is then a small struct, an fd in the loop's epoll and an output
- *    buffer that exists only while bytes are pending, so an idle stream
- *    costs a few hundred bytes (MHD kept a 32 KiB pool per connection and
- *    scanned every suspended connection on each resume).
+ *    buffer that exists only while bytes are pending: an idle stream costs
+ *    about 4 KB in all.
  *  - Writes are batched: whatever adds bytes puts the stream on a dirty
  *    list, and one pass after each loop iteration sends each dirty
  *    stream's bytes with one send().  What the socket does not take waits

@@ -45,6 +45,10 @@ int ld_err_status(enum ld_err e)
         return 500;
     case LD_E_NOT_IMPLEMENTED:
         return 501;
+    case LD_E_URI_TOO_LONG:
+        return 414;
+    case LD_E_VERSION:
+        return 505;
     case LD_E__COUNT:
         break;
     }
@@ -94,6 +98,10 @@ const char *ld_err_title(enum ld_err e)
         return "Internal Server Error";
     case LD_E_NOT_IMPLEMENTED:
         return "Not Implemented";
+    case LD_E_URI_TOO_LONG:
+        return "URI Too Long";
+    case LD_E_VERSION:
+        return "HTTP Version Not Supported";
     case LD_E__COUNT:
         break;
     }
@@ -143,6 +151,10 @@ const char *ld_err_code(enum ld_err e)
         return "internal_error";
     case LD_E_NOT_IMPLEMENTED:
         return "not_implemented";
+    case LD_E_URI_TOO_LONG:
+        return "uri_too_long";
+    case LD_E_VERSION:
+        return "http_version_not_supported";
     case LD_E__COUNT:
         break;
     }

@@ -30,6 +30,8 @@ enum ld_err {
     LD_E_UNAVAILABLE = 17,       /* 503: writer queue full, shutting down */
     LD_E_STORAGE = 18,           /* 500: the store failed (disk full, I/O) */
     LD_E_NOT_IMPLEMENTED = 19,   /* 501: e.g. an unknown Transfer-Encoding */
+    LD_E_URI_TOO_LONG = 20,      /* 414: request target over the limit */
+    LD_E_VERSION = 21,           /* 505: not HTTP/1.0 or HTTP/1.1 */
     LD_E__COUNT
 };
 

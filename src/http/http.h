@@ -27,8 +27,12 @@ struct req {
     struct store *st;
     struct engine *eng;
     const struct config *cfg;
-    void *mc; /* struct MHD_Connection * */
-    void *ct; /* connection tracking (http/server.c) */
+    void *conn; /* struct hconn * (http/server.c) */
+    /* the request head, parsed into the arena */
+    struct req_kv {
+        const char *name, *value;
+    } * hdrs, *query;
+    int nhdrs, nquery;
     struct arena arena;
     int method;
     const char *path; /* without the query string */
@@ -41,10 +45,9 @@ struct req {
     int route;  /* index in the route table, -1 none */
     const char *params[REQ_MAX_PARAMS];
     struct principal who;
-    /* the answer */
-    void *resp; /* struct MHD_Response * */
+    /* the answer: non-NULL once answered */
+    void *resp; /* struct resp * (http/server.c) */
     int status;
-    int keep_body_for_head;
 };
 
 /* request accessors */
@@ -73,9 +76,6 @@ void reply_problem(struct req *r, enum ld_err e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void reply_problem_h(struct req *r, enum ld_err e, const struct reply_header *h, int nh,
                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-/* after resuming a connection from a timer or the store: run MHD soon */
-void server_kick(struct server *s);
 
 /* Takes the connection out of the HTTP server for a stream (SSE): returns
  * a non-blocking descriptor of the socket, on which the caller writes the

@@ -1,27 +1,42 @@
 /*
- * server.c — libmicrohttpd glue.
+ * server.c — loopd's HTTP/1.1 server, on the loop's epoll.
+ *
+ * Until 2026-11 this was libmicrohttpd glue; measurements and the bad-input
+ * catalog said otherwise (README, "HTTP server"): MHD answers framing errors
+ * it detects itself (malformed Content-Length or chunk size, oversized heads)
+ * with its own HTML, it keeps a 32 KiB pool per connection, and every
+ * suspend/resume costs two epoll_ctl calls.  HTTP/1.1 as loopd needs it is
+ * small, so it is written here, in the manner of nginx's request parser.
  *
  * DESIGN
- *  - MHD runs with MHD_USE_EPOLL and no thread of its own; its epoll fd is
- *    one fd of our loop, and MHD_run() runs when it is readable or when
- *    MHD's own timeout comes.
- *  - Request life: the access handler is called (1) once when headers are
- *    in: we create the `struct req`, check header size (431) and
- *    Content-Length (413); (2) once per body chunk: appended to a buffer
- *    capped at --max-body; (3) with no data: dispatch.  A handler answers
- *    at once or suspends; when the store op completes, the answer is set
- *    and the connection resumed, and MHD calls (3) again, which queues it.
- *    A response is never queued on call (1) of a good request, because MHD
- *    0.9.75 then adds `Connection: close` (stack-measurements 2.5).
- *  - Deadlines: MHD's timeout counts idle time only.  Each connection has
- *    an absolute deadline while it is receiving a request: idle start +
- *    idle timeout + request timeout before the headers, and first handler
- *    call + request timeout for the body.  The tick sweeps connections;
- *    one past its deadline gets a 408 problem written directly on the
- *    socket (MHD has written nothing yet in those states) and the socket
- *    is shut down, so MHD closes it on its next read.
- *  - Requests whose answer waits for the writer are counted in `inflight`;
- *    on SIGTERM the server stops accepting, lets them finish, then stops.
+ *  - One `struct hconn` per accepted socket, level-triggered in the loop's
+ *    epoll.  Input accumulates in `in` (allocated only while bytes are
+ *    pending); output is one writev of the response head and body.
+ *  - States: CS_NEW/CS_IDLE (waiting for a request head), CS_BODY (reading
+ *    a body: Content-Length or chunked), CS_BUSY (the handler runs or waits
+ *    for the store: the socket is not watched, so nothing is read ahead),
+ *    CS_WRITE (the answer is being sent), CS_LINGER (after an error answer
+ *    that closes the connection: the write side is shut and what the client
+ *    still sends is read and dropped for a moment, so that it sees the
+ *    answer rather than a reset).
+ *  - Every error is an RFC 9457 problem: 400 for bad framing, 413 for a
+ *    body over --max-body (at once when Content-Length says so), 414/431
+ *    for oversized heads, 501 for an unknown transfer coding, 505 for an
+ *    unknown HTTP version, 408 past the deadline.
+ *  - Deadlines (one sweep per loop tick): a request head must arrive within
+ *    --request-timeout of the connection's first byte (of the accept for a
+ *    new connection; an idle keep-alive connection may wait --idle-timeout
+ *    first), and a body within --request-timeout of its head.  A client
+ *    that does not read its answer is dropped after --request-timeout
+ *    without progress.
+ *  - A handler answers at once (reply_*) or parks the request (req_suspend)
+ *    until a store op's `done` answers it; the answer is written then.
+ *    Requests parked are counted in `inflight`; on SIGTERM the server stops
+ *    accepting, lets them finish, then stops.
+ *  - Keep-alive by default for HTTP/1.1 (Connection: close honoured),
+ *    opt-in for HTTP/1.0; pipelined requests are served in order.
+ *  - Limits: --max-connections in all, --max-connections-per-ip (answered
+ *    503 and closed).
  */
 #include "http/server.h"
 #include "api/routes.h"
@@ -32,11 +47,10 @@
 #include "store/store.h"
 #include "util/timeutil.h"
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <microhttpd.h>
-#include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,26 +58,63 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
-enum conn_state {
-    CS_NEW,  /* accepted, no request yet: deadline = accept + request timeout */
-    CS_IDLE, /* keep-alive between requests: + idle timeout */
-    CS_BODY, /* headers in, body arriving */
-    CS_BUSY  /* being answered; no receive deadline */
+enum conn_state { CS_NEW, CS_IDLE, CS_BODY, CS_BUSY, CS_WRITE, CS_LINGER };
+
+/* The request line may be this long (RFC 9112 suggests supporting 8000). */
+#define MAX_REQUEST_LINE 8192
+#define MAX_CHUNK_LINE 1024
+#define READ_CHUNK 16384
+#define LINGER_US (2 * 1000000)
+#define IP_BUCKETS 1024
+
+struct resp {
+    struct buf head; /* status line and headers */
+    char *body;
+    size_t blen;
+    int body_static; /* not ours to free */
+    int no_body;     /* HEAD, 204, 304: the body is not sent */
 };
 
-struct conn_track {
-    struct conn_track *prev, *next;
+struct hconn {
+    struct hconn *prev, *next;
+    struct server *s;
     int fd;
+    uint32_t ip; /* network order */
     int state;
     int64_t deadline; /* monotonic µs; 0 = none */
-    int timed_out;
+    int watching;     /* events registered in the loop */
+    int close_after;  /* close once the answer is out */
+    int dead, detached;
+    int eof;             /* the client sent FIN */
+    int queued;          /* on the ready list */
+    struct hconn *rnext; /* ready list */
+    char *in;
+    size_t in_len, in_cap;
+    struct req *r;
+    /* body framing */
+    int chunked, ch_state;
+    uint64_t body_left; /* Content-Length left, or the current chunk's */
+    /* output */
+    struct iovec iov[2];
+    int niov;
+    struct hconn *dnext; /* on the dead list */
 };
 
-#define N_STATUS 18
-static const int status_list[N_STATUS] = {200, 201, 204, 304, 400, 401, 403, 404, 405,
-                                          408, 409, 412, 413, 422, 429, 431, 500, 503};
+enum { CH_SIZE, CH_DATA, CH_DATA_CRLF, CH_TRAILER };
+
+struct ipcount {
+    struct ipcount *next;
+    uint32_t ip;
+    long n;
+};
+
+#define N_STATUS 20
+static const int status_list[N_STATUS] = {200, 201, 204, 304, 400, 401, 403, 404, 405, 408,
+                                          409, 412, 413, 414, 422, 429, 431, 500, 503, 505};
 #define N_LAT 13
 static const int64_t lat_bounds_us[N_LAT - 1] = {100,   250,   500,   1000,   2500,   5000,
                                                  10000, 25000, 50000, 100000, 250000, 1000000};
@@ -73,23 +124,25 @@ struct server {
     struct store *st;
     struct engine *eng;
     struct loop *loop;
-    struct MHD_Daemon *d;
-    int mhd_fd;
+    int lfd; /* listening socket; -1 once quiesced */
+    int quiescing;
     char base_url[300];
-    struct conn_track conns; /* list head */
+    struct hconn conns; /* list head */
     long nconns;
     long inflight;
     uint64_t req_id;
     char rid_prefix[8];
-    int kick; /* a connection was resumed outside MHD: run it */
+    struct ipcount *ips[IP_BUCKETS];
+    struct hconn *dead;  /* freed after each loop iteration */
+    struct hconn *ready; /* to write an answer, or to parse buffered input */
+    char date[40];       /* cached Date header value */
+    time_t date_sec;
     /* metrics */
     uint64_t *by_route; /* [route_count + 1][N_STATUS + 1] */
     uint64_t lat[N_LAT];
     uint64_t lat_count;
     double lat_sum;
 };
-
-static void raw_problem(int fd, enum ld_err e, const char *detail);
 
 static int64_t now_us(void)
 {
@@ -201,38 +254,33 @@ void server_metrics_render(struct server *s, struct buf *o)
 
 /* ---- request accessors ---- */
 
+static const char *kv_find(const struct req_kv *kv, int n, const char *name, int nocase)
+{
+    for (int i = 0; i < n; i++)
+        if (nocase ? strcasecmp(kv[i].name, name) == 0 : strcmp(kv[i].name, name) == 0)
+            return kv[i].value;
+    return NULL;
+}
+
 const char *req_header(struct req *r, const char *name)
 {
-    return MHD_lookup_connection_value(r->mc, MHD_HEADER_KIND, name);
+    return kv_find(r->hdrs, r->nhdrs, name, 1);
 }
 
 const char *req_query(struct req *r, const char *name)
 {
-    return MHD_lookup_connection_value(r->mc, MHD_GET_ARGUMENT_KIND, name);
-}
-
-struct qall {
-    const char *name;
-    const char **out;
-    int n, max;
-};
-
-static enum MHD_Result qall_cb(void *cls, enum MHD_ValueKind kind, const char *key,
-                               const char *value)
-{
-    struct qall *q = cls;
-    if (strcmp(key, q->name) == 0) {
-        if (q->n < q->max) q->out[q->n] = value ? value : "";
-        q->n++;
-    }
-    return MHD_YES;
+    return kv_find(r->query, r->nquery, name, 0);
 }
 
 int req_query_all(struct req *r, const char *name, const char **out, int max)
 {
-    struct qall q = {name, out, 0, max};
-    MHD_get_connection_values(r->mc, MHD_GET_ARGUMENT_KIND, qall_cb, &q);
-    return q.n;
+    int n = 0;
+    for (int i = 0; i < r->nquery; i++)
+        if (strcmp(r->query[i].name, name) == 0) {
+            if (n < max) out[n] = r->query[i].value;
+            n++;
+        }
+    return n;
 }
 
 const char *req_base_url(struct req *r)
@@ -246,24 +294,17 @@ static int unreserved(unsigned char c)
            c == '_' || c == '.' || c == '~';
 }
 
-struct urlb {
-    struct buf *b;
-    int n;
-};
-
-static enum MHD_Result url_cb(void *cls, enum MHD_ValueKind kind, const char *key,
-                              const char *value)
+static void put_escaped(struct buf *b, const char *s)
 {
-    struct urlb *u = cls;
-    buf_putc(u->b, u->n++ ? '&' : '?');
-    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
-        unreserved(*p) ? buf_putc(u->b, (char)*p) : buf_printf(u->b, "%%%02X", *p);
-    if (value) {
-        buf_putc(u->b, '=');
-        for (const unsigned char *p = (const unsigned char *)value; *p; p++)
-            unreserved(*p) ? buf_putc(u->b, (char)*p) : buf_printf(u->b, "%%%02X", *p);
+    static const char hex[] = "0123456789ABCDEF";
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (unreserved(*p)) {
+            buf_putc(b, (char)*p);
+        } else {
+            char e[3] = {'%', hex[*p >> 4], hex[*p & 15]};
+            buf_add(b, e, 3);
+        }
     }
-    return MHD_YES;
 }
 
 const char *req_url(struct req *r)
@@ -272,59 +313,146 @@ const char *req_url(struct req *r)
     buf_init(&b, 16384);
     buf_puts(&b, r->srv->base_url);
     buf_puts(&b, r->path);
-    struct urlb u = {&b, 0};
-    MHD_get_connection_values(r->mc, MHD_GET_ARGUMENT_KIND, url_cb, &u);
+    for (int i = 0; i < r->nquery; i++) {
+        buf_putc(&b, i ? '&' : '?');
+        put_escaped(&b, r->query[i].name);
+        buf_putc(&b, '=');
+        put_escaped(&b, r->query[i].value);
+    }
     const char *s = arena_strdup(&r->arena, b.data ? b.data : "");
     buf_free(&b);
     return s;
 }
 
+struct loop *server_loop(struct server *s)
+{
+    return s->loop;
+}
+
 /* ---- answers ---- */
 
-static void set_response(struct req *r, int status, struct MHD_Response *resp)
+static const char *reason(int status)
 {
-    if (r->resp) { /* a second answer is a bug; keep the first */
-        MHD_destroy_response(resp);
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 422:
+        return "Unprocessable Content";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    case 505:
+        return "HTTP Version Not Supported";
+    }
+    return "Unknown";
+}
+
+static void start_write(struct hconn *c);
+static void schedule(struct hconn *c);
+static void req_free(struct server *s, struct req *r);
+
+/* A response: its head is completed (Content-Length, Connection, Date) when
+ * it is written, since only then is it known whether the connection stays
+ * open. */
+static struct resp *resp_new(int status, const char *ctype)
+{
+    struct resp *p = xcalloc(1, sizeof(*p));
+    buf_init(&p->head, 64 * 1024);
+    buf_puts(&p->head, "HTTP/1.1 ");
+    buf_i64(&p->head, status);
+    buf_putc(&p->head, ' ');
+    buf_puts(&p->head, reason(status));
+    buf_puts(&p->head, "\r\n");
+    if (ctype) {
+        buf_puts(&p->head, "Content-Type: ");
+        buf_puts(&p->head, ctype);
+        buf_puts(&p->head, "\r\n");
+    }
+    return p;
+}
+
+static void resp_header(struct resp *p, const char *name, const char *value)
+{
+    /* values come from the handlers, never raw from a request; CR/LF would
+     * split the header, so a value holding one is dropped */
+    if (!name || !value || strpbrk(value, "\r\n")) return;
+    buf_puts(&p->head, name);
+    buf_puts(&p->head, ": ");
+    buf_puts(&p->head, value);
+    buf_puts(&p->head, "\r\n");
+}
+
+static void resp_free(struct resp *p)
+{
+    if (!p) return;
+    buf_free(&p->head);
+    if (!p->body_static) free(p->body);
+    free(p);
+}
+
+static void set_response(struct req *r, int status, struct resp *p)
+{
+    if (r->resp || r->detached) { /* a second answer is a bug; keep the first */
+        resp_free(p);
         return;
     }
-    MHD_add_response_header(resp, "X-Request-Id", r->rid);
-    r->resp = resp;
+    resp_header(p, "X-Request-Id", r->rid);
+    r->resp = p;
     r->status = status;
     if (r->suspended) {
         r->suspended = 0;
         r->srv->inflight--;
-        MHD_resume_connection(r->mc);
-        r->srv->kick = 1;
     }
+    struct hconn *c = r->conn;
+    if (!c) { /* its connection closed while it waited for the store */
+        req_free(r->srv, r);
+        return;
+    }
+    /* written after the handler or callback returns (it may still look at
+     * the request), from the loop's after-poll pass */
+    if (r->dispatched) schedule(c);
 }
 
-static struct MHD_Response *make_resp(struct buf *body)
+static void set_body(struct resp *p, struct buf *body)
 {
-    size_t len = 0;
-    char *data = buf_take(body, &len);
-    return MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
-}
-
-int req_detach(struct req *r)
-{
-    if (r->resp || r->detached) return -1;
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(r->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (!ci) return -1;
-    int fd = fcntl(ci->connect_fd, F_DUPFD_CLOEXEC, 3);
-    if (fd < 0) return -1;
-    /* MHD may have left the socket corked between its own sends */
-    int off = 0, on = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_CORK, &off, sizeof(off));
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
-    r->detached = 1;
-    r->status = 200;
-    return fd;
-}
-
-struct loop *server_loop(struct server *s)
-{
-    return s->loop;
+    p->body = buf_take(body, &p->blen);
 }
 
 void reply_json_h(struct req *r, int status, struct buf *body, const struct reply_header *h, int nh)
@@ -334,20 +462,20 @@ void reply_json_h(struct req *r, int status, struct buf *body, const struct repl
         reply_problem(r, LD_E_INTERNAL, "The response exceeded the server's size limit");
         return;
     }
-    struct MHD_Response *resp = make_resp(body);
-    MHD_add_response_header(resp, "Content-Type", "application/json");
+    struct resp *p = resp_new(status, "application/json");
+    set_body(p, body);
     for (int i = 0; i < nh; i++)
-        if (h[i].name && h[i].value) MHD_add_response_header(resp, h[i].name, h[i].value);
-    set_response(r, status, resp);
+        resp_header(p, h[i].name, h[i].value);
+    set_response(r, status, p);
 }
 
 void reply_html(struct req *r, struct buf *body, const struct reply_header *h, int nh)
 {
-    struct MHD_Response *resp = make_resp(body);
-    MHD_add_response_header(resp, "Content-Type", "text/html; charset=utf-8");
+    struct resp *p = resp_new(200, "text/html; charset=utf-8");
+    set_body(p, body);
     for (int i = 0; i < nh; i++)
-        MHD_add_response_header(resp, h[i].name, h[i].value);
-    set_response(r, 200, resp);
+        resp_header(p, h[i].name, h[i].value);
+    set_response(r, 200, p);
 }
 
 void reply_json(struct req *r, int status, struct buf *body)
@@ -358,19 +486,24 @@ void reply_json(struct req *r, int status, struct buf *body)
 void reply_text(struct req *r, int status, const char *ctype, const char *text, size_t len,
                 int copy)
 {
-    struct MHD_Response *resp = MHD_create_response_from_buffer(
-        len, (void *)text, copy ? MHD_RESPMEM_MUST_COPY : MHD_RESPMEM_PERSISTENT);
-    MHD_add_response_header(resp, "Content-Type", ctype);
-    set_response(r, status, resp);
+    struct resp *p = resp_new(status, ctype);
+    if (copy) {
+        p->body = xmalloc(len + 1);
+        memcpy(p->body, text, len);
+    } else {
+        p->body = (char *)text;
+        p->body_static = 1;
+    }
+    p->blen = len;
+    set_response(r, status, p);
 }
 
 void reply_empty(struct req *r, int status, const struct reply_header *h, int nh)
 {
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    struct resp *p = resp_new(status, NULL);
     for (int i = 0; i < nh; i++)
-        if (h[i].name && h[i].value) MHD_add_response_header(resp, h[i].name, h[i].value);
-    set_response(r, status, resp);
+        resp_header(p, h[i].name, h[i].value);
+    set_response(r, status, p);
 }
 
 static void problem_body(struct buf *b, enum ld_err e, const char *detail, const char *instance)
@@ -399,14 +532,14 @@ static void vproblem(struct req *r, enum ld_err e, const struct reply_header *h,
         if ((unsigned char)*p < 0x20) *p = ' ';
     struct buf b;
     buf_init(&b, 4096);
-    problem_body(&b, e, detail, r->path);
-    struct MHD_Response *resp = make_resp(&b);
-    MHD_add_response_header(resp, "Content-Type", "application/problem+json");
-    if (e == LD_E_RATE_LIMITED || e == LD_E_UNAVAILABLE)
-        MHD_add_response_header(resp, "Retry-After", "1");
+    /* the path is only echoed once it is known to be printable */
+    problem_body(&b, e, detail, r->path && r->path[0] == '/' ? r->path : NULL);
+    struct resp *p = resp_new(ld_err_status(e), "application/problem+json");
+    set_body(p, &b);
+    if (e == LD_E_RATE_LIMITED || e == LD_E_UNAVAILABLE) resp_header(p, "Retry-After", "1");
     for (int i = 0; i < nh; i++)
-        if (h[i].name && h[i].value) MHD_add_response_header(resp, h[i].name, h[i].value);
-    set_response(r, ld_err_status(e), resp);
+        resp_header(p, h[i].name, h[i].value);
+    set_response(r, ld_err_status(e), p);
 }
 
 void reply_problem(struct req *r, enum ld_err e, const char *fmt, ...)
@@ -431,52 +564,519 @@ void req_suspend(struct req *r)
     if (r->resp || r->suspended) return;
     r->suspended = 1;
     r->srv->inflight++;
-    MHD_suspend_connection(r->mc);
 }
 
-/* ---- the access handler ---- */
+/* ---- connections ---- */
 
-static int method_of(const char *m)
+static void watch(struct hconn *c, uint32_t ev);
+
+static struct ipcount **ip_slot(struct server *s, uint32_t ip)
+{
+    struct ipcount **p = &s->ips[(ip * 2654435761u) >> 22 & (IP_BUCKETS - 1)];
+    while (*p && (*p)->ip != ip)
+        p = &(*p)->next;
+    return p;
+}
+
+static void ip_release(struct server *s, uint32_t ip)
+{
+    struct ipcount **p = ip_slot(s, ip);
+    if (*p && --(*p)->n == 0) {
+        struct ipcount *e = *p;
+        *p = e->next;
+        free(e);
+    }
+}
+
+static void log_request(struct server *s, struct req *r)
+{
+    if (!log_enabled(LOG_INFO)) return;
+    static const char *const m[] = {"GET",   "HEAD",   "POST",    "PUT",
+                                    "PATCH", "DELETE", "OPTIONS", "OTHER"};
+    char st[8], dur[24];
+    snprintf(st, sizeof(st), "%d", r->status);
+    snprintf(dur, sizeof(dur), "%lld", (long long)(now_us() - r->t0));
+    log_kv(LOG_INFO, "request", "rid", r->rid, "method", m[r->method], "path",
+           r->path ? r->path : "-", "status", st, "dur_us", dur, "org",
+           r->who.org_id[0] ? r->who.org_id : "-", NULL);
+}
+
+static void req_free(struct server *s, struct req *r)
+{
+    if (!r->resp && !r->status) r->status = 499; /* client went away */
+    count_request(s, r);
+    log_request(s, r);
+    resp_free(r->resp);
+    buf_free(&r->body);
+    arena_free(&r->arena);
+    free(r);
+}
+
+/* The request is over (answered and written, or its client is gone). */
+static void req_finish(struct hconn *c)
+{
+    struct req *r = c->r;
+    if (!r) return;
+    c->r = NULL;
+    if (r->suspended) {
+        /* the store op still holds the request: its answer frees it */
+        r->conn = NULL;
+        return;
+    }
+    req_free(c->s, r);
+}
+
+static void conn_close(struct hconn *c)
+{
+    if (c->dead) return;
+    c->dead = 1;
+    struct server *s = c->s;
+    if (c->watching) loop_del_fd(s->loop, c->fd);
+    c->watching = 0;
+    if (!c->detached) close(c->fd);
+    c->fd = -1;
+    req_finish(c);
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+    s->nconns--;
+    ip_release(s, c->ip);
+    c->dnext = s->dead;
+    s->dead = c;
+}
+
+static void free_dead(struct server *s)
+{
+    while (s->dead) {
+        struct hconn *c = s->dead;
+        s->dead = c->dnext;
+        free(c->in);
+        free(c);
+    }
+}
+
+static void on_conn(void *ud, uint32_t events);
+
+static void watch(struct hconn *c, uint32_t ev)
+{
+    if (c->dead) return;
+    if (!ev) {
+        if (c->watching) loop_del_fd(c->s->loop, c->fd);
+        c->watching = 0;
+        return;
+    }
+    if (c->watching == (int)ev) return;
+    if (loop_add_fd(c->s->loop, c->fd, ev, on_conn, c) == 0)
+        c->watching = (int)ev;
+    else
+        conn_close(c);
+}
+
+static void date_header(struct server *s)
+{
+    time_t t = time(NULL);
+    if (t == s->date_sec) return;
+    s->date_sec = t;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(s->date, sizeof(s->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+}
+
+/* Completes the head of the answer and starts sending it. */
+static void start_write(struct hconn *c)
+{
+    struct req *r = c->r;
+    struct resp *p = r->resp;
+    struct server *s = c->s;
+    if (s->quiescing) c->close_after = 1;
+    if (r->status == 204 || r->status == 304 || r->method == M_HEAD) p->no_body = 1;
+    if (r->status != 204 && r->status != 304) {
+        buf_puts(&p->head, "Content-Length: ");
+        buf_i64(&p->head, (int64_t)p->blen);
+        buf_puts(&p->head, "\r\n");
+    }
+    date_header(s);
+    buf_puts(&p->head, "Date: ");
+    buf_puts(&p->head, s->date);
+    buf_puts(&p->head, c->close_after ? "\r\nConnection: close\r\n\r\n" : "\r\n\r\n");
+    if (p->head.overflow) { /* a handler's headers passed 64 KiB: cannot be sent */
+        c->close_after = 1;
+        conn_close(c);
+        return;
+    }
+    c->iov[0].iov_base = p->head.data;
+    c->iov[0].iov_len = p->head.len;
+    c->niov = 1;
+    if (!p->no_body && p->blen) {
+        c->iov[1].iov_base = p->body;
+        c->iov[1].iov_len = p->blen;
+        c->niov = 2;
+    }
+    c->state = CS_WRITE;
+    c->deadline = now_us() + s->cfg->request_timeout * 1000000;
+    on_conn(c, EPOLLOUT);
+}
+
+static void process(struct hconn *c);
+
+/* The answer is out: next request, or close. */
+static void request_done(struct hconn *c)
+{
+    req_finish(c);
+    if (c->close_after) {
+        /* let the client read the answer before it sees the close */
+        shutdown(c->fd, SHUT_WR);
+        c->state = CS_LINGER;
+        c->deadline = now_us() + LINGER_US;
+        c->in_len = 0;
+        watch(c, EPOLLIN | EPOLLRDHUP);
+        return;
+    }
+    c->state = CS_IDLE;
+    c->chunked = 0;
+    c->body_left = 0;
+    c->deadline = now_us() + (c->s->cfg->idle_timeout + c->s->cfg->request_timeout) * 1000000;
+    if (c->in_len) {
+        schedule(c); /* a pipelined request is already here */
+        return;
+    }
+    free(c->in); /* an idle connection holds no buffer */
+    c->in = NULL;
+    c->in_cap = 0;
+    watch(c, EPOLLIN | EPOLLRDHUP);
+}
+
+static void flush_out(struct hconn *c)
+{
+    while (c->niov) {
+        struct iovec *v = c->iov;
+        int n = c->niov;
+        if (!v[0].iov_len) {
+            v = c->iov + 1;
+            n = 1;
+        }
+        struct msghdr mh = {.msg_iov = v, .msg_iovlen = (size_t)n};
+        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                watch(c, EPOLLOUT);
+                return;
+            }
+            conn_close(c);
+            return;
+        }
+        size_t left = (size_t)w;
+        for (int i = 0; i < c->niov && left; i++) {
+            size_t k = left < c->iov[i].iov_len ? left : c->iov[i].iov_len;
+            c->iov[i].iov_base = (char *)c->iov[i].iov_base + k;
+            c->iov[i].iov_len -= k;
+            left -= k;
+        }
+        if (c->iov[c->niov - 1].iov_len == 0) c->niov = 0;
+        c->deadline = now_us() + c->s->cfg->request_timeout * 1000000;
+    }
+    request_done(c);
+}
+
+/* ---- request parsing ---- */
+
+static int method_of(const char *m, size_t n)
 {
     static const char *const names[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
     for (int i = 0; i < 7; i++)
-        if (strcmp(m, names[i]) == 0) return i;
+        if (strlen(names[i]) == n && memcmp(m, names[i], n) == 0) return i;
     return M_OTHER;
 }
 
-/* What the first look at the headers finds: their size, and the framing
- * headers that request smuggling plays on. */
-struct hscan {
-    size_t n;
-    int n_cl;        /* Content-Length headers */
-    int cl_conflict; /* two of them with different values */
-    const char *cl;
-    const char *te; /* Transfer-Encoding */
-};
-
-static enum MHD_Result hscan_cb(void *cls, enum MHD_ValueKind kind, const char *key,
-                                const char *value)
+static int is_tchar(unsigned char c)
 {
-    struct hscan *h = cls;
-    h->n += strlen(key) + (value ? strlen(value) : 0) + 4;
-    if (strcasecmp(key, "Content-Length") == 0) {
-        if (h->n_cl++ && (!value || !h->cl || strcmp(value, h->cl) != 0)) h->cl_conflict = 1;
-        h->cl = value;
-    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
-        h->te = value ? value : "";
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/* [p, e) is a non-empty RFC 9110 token (a method, a header name) */
+static int is_token(const char *p, const char *e)
+{
+    if (p == e) return 0;
+    for (; p < e; p++)
+        if (!is_tchar((unsigned char)*p)) return 0;
+    return 1;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes [s, s+n) into the arena ('+' is a space in a query);
+ * NULL if the result would hold a NUL or an escape is malformed. */
+static char *decode(struct arena *a, const char *s, size_t n, int plus)
+{
+    char *o = arena_alloc(a, n + 1), *q = o;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (ch == '%') {
+            int hi = i + 1 < n ? hexval((unsigned char)s[i + 1]) : -1;
+            int lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
+            if (hi < 0 || lo < 0) return NULL;
+            ch = (char)(hi * 16 + lo);
+            if (!ch) return NULL;
+            i += 2;
+        } else if (ch == '+' && plus) {
+            ch = ' ';
+        }
+        *q++ = ch;
     }
-    return MHD_YES;
+    *q = 0;
+    return o;
 }
 
-static struct conn_track *track_of(struct MHD_Connection *mc)
+static int parse_query(struct req *r, const char *q, size_t n)
 {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    return ci ? (struct conn_track *)ci->socket_context : NULL;
+    int cap = 1;
+    for (size_t i = 0; i < n; i++)
+        if (q[i] == '&') cap++;
+    r->query = arena_alloc(&r->arena, sizeof(*r->query) * (size_t)cap);
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i;
+        while (j < n && q[j] != '&')
+            j++;
+        if (j > i) {
+            const char *eq = memchr(q + i, '=', j - i);
+            size_t kl = eq ? (size_t)(eq - (q + i)) : j - i;
+            char *k = decode(&r->arena, q + i, kl, 1);
+            char *v = eq ? decode(&r->arena, eq + 1, (size_t)(q + j - eq - 1), 1)
+                         : arena_strdup(&r->arena, "");
+            if (!k || !v) return -1;
+            r->query[r->nquery].name = k;
+            r->query[r->nquery].value = v;
+            r->nquery++;
+        }
+        i = j + 1;
+    }
+    return 0;
 }
 
-static void dispatch(struct req *r)
+static struct req *req_new(struct hconn *c)
 {
+    struct server *s = c->s;
+    struct req *r = xcalloc(1, sizeof(*r));
+    r->srv = s;
+    r->st = s->st;
+    r->eng = s->eng;
+    r->cfg = s->cfg;
+    r->conn = c;
+    r->route = -1;
+    r->t0 = now_us();
+    r->method = M_OTHER;
+    arena_init(&r->arena);
+    snprintf(r->rid, sizeof(r->rid), "%s%08llx", s->rid_prefix, (unsigned long long)++s->req_id);
+    buf_init(&r->body, (size_t)s->cfg->max_body);
+    c->r = r;
+    return r;
+}
+
+/* An error found while receiving: answer it and close the connection. */
+static void fail(struct hconn *c, enum ld_err e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void fail(struct hconn *c, enum ld_err e, const char *fmt, ...)
+{
+    struct req *r = c->r ? c->r : req_new(c);
+    char d[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d, sizeof(d), fmt, ap);
+    va_end(ap);
+    c->close_after = 1;
+    c->state = CS_BUSY;
+    r->dispatched = 1;
+    reply_problem(r, e, "%s", d);
+}
+
+/* Parses the head in in[0, hlen): request line and headers.  0 ok, -1
+ * answered (the connection closes). */
+static int parse_head(struct hconn *c, size_t hlen)
+{
+    struct server *s = c->s;
+    struct req *r = req_new(c);
+    const char *p = c->in, *end = c->in + hlen - 2; /* before the last CRLF */
+    const char *eol = memchr(p, '\r', (size_t)(end - p) + 1);
+    if (!eol || eol[1] != '\n') {
+        fail(c, LD_E_BAD_REQUEST, "Malformed request line");
+        return -1;
+    }
+    const char *sp1 = memchr(p, ' ', (size_t)(eol - p));
+    const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(eol - sp1 - 1)) : NULL;
+    if (!sp1 || !sp2 || !is_token(p, sp1)) {
+        fail(c, LD_E_BAD_REQUEST, "Malformed request line");
+        return -1;
+    }
+    r->method = method_of(p, (size_t)(sp1 - p));
+    const char *ver = sp2 + 1;
+    size_t vl = (size_t)(eol - ver);
+    if (vl == 8 && memcmp(ver, "HTTP/1.1", 8) == 0) {
+        r->http10 = 0;
+    } else if (vl == 8 && memcmp(ver, "HTTP/1.0", 8) == 0) {
+        r->http10 = 1;
+    } else if (vl >= 5 && memcmp(ver, "HTTP/", 5) == 0) {
+        fail(c, LD_E_VERSION, "HTTP version '%.20s' is not supported; use HTTP/1.1", ver);
+        return -1;
+    } else {
+        fail(c, LD_E_BAD_REQUEST, "Malformed request line");
+        return -1;
+    }
+    /* the target: origin-form only */
+    const char *t = sp1 + 1;
+    size_t tl = (size_t)(sp2 - t);
+    if (tl > MAX_REQUEST_LINE) {
+        fail(c, LD_E_URI_TOO_LONG, "The request target exceeds the limit of %d bytes",
+             MAX_REQUEST_LINE);
+        return -1;
+    }
+    if (!tl || t[0] != '/') {
+        fail(c, LD_E_BAD_REQUEST, "The request target must be an absolute path");
+        return -1;
+    }
+    for (size_t i = 0; i < tl; i++)
+        if ((unsigned char)t[i] <= 0x20 || (unsigned char)t[i] >= 0x7f) {
+            fail(c, LD_E_BAD_REQUEST, "The request target holds an invalid character");
+            return -1;
+        }
+    const char *qm = memchr(t, '?', tl);
+    size_t pl = qm ? (size_t)(qm - t) : tl;
+    /* a path that does not decode (a bad escape, or %00) is routed as it
+     * came, so the answer names what is wrong with it (an ID, a route) */
+    const char *path = decode(&r->arena, t, pl, 0);
+    r->path = path ? path : arena_strndup(&r->arena, t, pl);
+    if (qm && parse_query(r, qm + 1, (size_t)(t + tl - qm - 1))) {
+        fail(c, LD_E_BAD_REQUEST, "The query string has a malformed percent-escape");
+        return -1;
+    }
+    /* headers */
+    size_t hbytes = hlen - (size_t)(eol + 2 - c->in);
+    if (hbytes > (size_t)s->cfg->max_header) {
+        fail(c, LD_E_HEADERS_TOO_LARGE, "Request headers exceed the limit of %ld bytes",
+             s->cfg->max_header);
+        return -1;
+    }
+    int cap = 8;
+    for (const char *q = eol + 2; q < end; q++)
+        if (*q == '\n') cap++;
+    r->hdrs = arena_alloc(&r->arena, sizeof(*r->hdrs) * (size_t)cap);
+    const char *cl = NULL, *te = NULL, *expect = NULL, *conn = NULL;
+    int cl_conflict = 0;
+    for (p = eol + 2; p < end;) {
+        const char *le = memchr(p, '\r', (size_t)(end - p) + 1);
+        if (!le || le[1] != '\n') {
+            fail(c, LD_E_BAD_REQUEST, "Malformed header line");
+            return -1;
+        }
+        if (*p == ' ' || *p == '\t') {
+            fail(c, LD_E_BAD_REQUEST, "Folded header lines are not accepted");
+            return -1;
+        }
+        const char *colon = memchr(p, ':', (size_t)(le - p));
+        if (!colon || !is_token(p, colon)) {
+            fail(c, LD_E_BAD_REQUEST, "Malformed header line");
+            return -1;
+        }
+        const char *v = colon + 1, *ve = le;
+        while (v < ve && (*v == ' ' || *v == '\t'))
+            v++;
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+            ve--;
+        for (const char *q = v; q < ve; q++)
+            if (*q == 0 || *q == '\n' || *q == '\r') {
+                fail(c, LD_E_BAD_REQUEST, "A header value holds a control character");
+                return -1;
+            }
+        char *name = arena_strndup(&r->arena, p, (size_t)(colon - p));
+        char *value = arena_strndup(&r->arena, v, (size_t)(ve - v));
+        r->hdrs[r->nhdrs].name = name;
+        r->hdrs[r->nhdrs].value = value;
+        r->nhdrs++;
+        if (strcasecmp(name, "Content-Length") == 0) {
+            if (cl && strcmp(cl, value) != 0) cl_conflict = 1;
+            cl = value;
+        } else if (strcasecmp(name, "Transfer-Encoding") == 0) {
+            if (te) {
+                fail(c, LD_E_NOT_IMPLEMENTED, "Only one Transfer-Encoding, chunked, is supported");
+                return -1;
+            }
+            te = value;
+        } else if (strcasecmp(name, "Expect") == 0) {
+            expect = value;
+        } else if (strcasecmp(name, "Connection") == 0) {
+            conn = value;
+        }
+        p = le + 2;
+    }
+    if (c->eof)
+        c->close_after = 1;
+    else if (r->http10)
+        c->close_after = !(conn && strcasestr(conn, "keep-alive"));
+    else
+        c->close_after = conn && strcasestr(conn, "close") != NULL;
+    /* RFC 9112 6.3: conflicting lengths, or a length beside a transfer
+     * coding, cannot be framed safely; only chunked is understood */
+    if (cl_conflict || (te && cl)) {
+        fail(c, LD_E_BAD_REQUEST, "%s",
+             cl_conflict ? "Conflicting Content-Length headers"
+                         : "Content-Length with Transfer-Encoding");
+        return -1;
+    }
+    if (te) {
+        if (strcasecmp(te, "chunked") != 0) {
+            fail(c, LD_E_NOT_IMPLEMENTED, "Transfer-Encoding '%.40s' is not supported", te);
+            return -1;
+        }
+        if (r->http10) {
+            fail(c, LD_E_BAD_REQUEST, "Transfer-Encoding is not allowed in HTTP/1.0");
+            return -1;
+        }
+        c->chunked = 1;
+        c->ch_state = CH_SIZE;
+    } else if (cl) {
+        uint64_t n = 0;
+        size_t len = strlen(cl);
+        if (!len || len > 19 || strspn(cl, "0123456789") != len) {
+            fail(c, LD_E_BAD_REQUEST, "Content-Length must be a non-negative integer, got '%.40s'",
+                 cl);
+            return -1;
+        }
+        for (size_t i = 0; i < len; i++)
+            n = n * 10 + (uint64_t)(cl[i] - '0');
+        if (n > (uint64_t)s->cfg->max_body) {
+            fail(c, LD_E_TOO_LARGE, "Request body exceeds the limit of %ld bytes",
+                 s->cfg->max_body);
+            return -1;
+        }
+        c->body_left = n;
+    }
+    if (expect && strcasecmp(expect, "100-continue") == 0 && !r->http10 &&
+        (c->chunked || c->body_left) && c->in_len == hlen) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        ssize_t w = send(c->fd, cont, sizeof(cont) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w; /* if it does not fit, the client sends the body anyway */
+    }
+    return 0;
+}
+
+static void consume(struct hconn *c, size_t n)
+{
+    memmove(c->in, c->in + n, c->in_len - n);
+    c->in_len -= n;
+}
+
+static void dispatch(struct hconn *c)
+{
+    struct req *r = c->r;
+    c->state = CS_BUSY;
+    c->deadline = 0;
     char allow[128];
     int ri = route_match(r->method == M_HEAD ? M_GET : r->method, r->path, &r->arena, r->params,
                          allow, sizeof(allow));
@@ -497,180 +1097,257 @@ static void dispatch(struct req *r)
     routes[ri].fn(r);
 }
 
-static enum MHD_Result queue(struct req *r)
+/* Routes the request; answers written once the handler has returned. */
+static void run_request(struct hconn *c)
 {
-    enum MHD_Result ok = MHD_queue_response(r->mc, (unsigned)r->status, r->resp);
-    return ok;
-}
-
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const char *url,
-                                  const char *method, const char *version, const char *upload_data,
-                                  size_t *upload_data_size, void **con_cls)
-{
-    struct server *s = cls;
-    struct req *r = *con_cls;
-    if (!r) {
-        r = xcalloc(1, sizeof(*r));
-        *con_cls = r;
-        r->srv = s;
-        r->st = s->st;
-        r->eng = s->eng;
-        r->cfg = s->cfg;
-        r->mc = mc;
-        r->ct = track_of(mc);
-        r->route = -1;
-        r->t0 = now_us();
-        arena_init(&r->arena);
-        r->method = method_of(method);
-        r->http10 = version && strcmp(version, "HTTP/1.0") == 0;
-        r->path = arena_strdup(&r->arena, url);
-        snprintf(r->rid, sizeof(r->rid), "%s%08llx", s->rid_prefix,
-                 (unsigned long long)++s->req_id);
-        buf_init(&r->body, (size_t)s->cfg->max_body);
-        struct conn_track *ct = r->ct;
-        if (ct) {
-            ct->state = CS_BODY;
-            ct->deadline = r->t0 + s->cfg->request_timeout * 1000000;
-        }
-        struct hscan hs = {0};
-        MHD_get_connection_values(mc, MHD_HEADER_KIND, hscan_cb, &hs);
-        if (hs.n > (size_t)s->cfg->max_header) {
-            reply_problem(r, LD_E_HEADERS_TOO_LARGE,
-                          "Request headers exceed the limit of %ld bytes", s->cfg->max_header);
-            return queue(r);
-        }
-        /* RFC 9112 6.3: conflicting lengths, or a length beside a transfer
-         * coding, cannot be framed safely; only chunked is understood */
-        if (hs.cl_conflict || (hs.te && hs.n_cl)) {
-            reply_problem(r, LD_E_BAD_REQUEST, "%s",
-                          hs.cl_conflict ? "Conflicting Content-Length headers"
-                                         : "Content-Length with Transfer-Encoding");
-            return queue(r);
-        }
-        if (hs.te && strcasecmp(hs.te, "chunked") != 0) {
-            reply_problem(r, LD_E_NOT_IMPLEMENTED, "Transfer-Encoding '%.40s' is not supported",
-                          hs.te);
-            return queue(r);
-        }
-        const char *cl = hs.cl;
-        if (cl) {
-            char *end;
-            unsigned long long n = strtoull(cl, &end, 10);
-            if (*end || n > (unsigned long long)s->cfg->max_body) {
-                reply_problem(r, LD_E_TOO_LARGE, "Request body exceeds the limit of %ld bytes",
-                              s->cfg->max_body);
-                return queue(r);
-            }
-        }
-        return MHD_YES;
-    }
-    if (*upload_data_size) {
-        if (!r->body_too_large && buf_add(&r->body, upload_data, *upload_data_size)) {
-            /* a chunked body past the cap: MHD 0.9 cannot queue a response
-             * mid-upload, so answer on the socket and close */
-            char d[96];
-            snprintf(d, sizeof(d), "Request body exceeds the limit of %ld bytes", s->cfg->max_body);
-            struct conn_track *ct = r->ct;
-            if (ct) {
-                raw_problem(ct->fd, LD_E_TOO_LARGE, d);
-                ct->timed_out = 1;
-            }
-            r->status = 413;
-            return MHD_NO;
-        }
-        *upload_data_size = 0;
-        return MHD_YES;
-    }
-    if (r->resp) return queue(r);
-    if (r->dispatched) return MHD_YES; /* suspended; resumed when answered */
+    struct req *r = c->r;
+    dispatch(c);
     r->dispatched = 1;
-    if (r->ct) {
-        ((struct conn_track *)r->ct)->state = CS_BUSY;
-        ((struct conn_track *)r->ct)->deadline = 0;
+    if (c->detached) {
+        conn_close(c); /* the handler owns the socket now */
+        return;
     }
-    dispatch(r);
-    if (r->resp) return queue(r);
-    /* a detached connection is ours now: MHD closes its descriptor (with
-     * MHD_USE_TURBO it does not shut the socket down) and forgets it */
-    if (r->detached) return MHD_NO;
-    return MHD_YES;
+    if (r->resp) start_write(c);
 }
 
-static void log_request(struct server *s, struct req *r)
+/* Reads what the body framing allows from `in`; 1 when the body is
+ * complete, 0 for more, -1 answered (error). */
+static int take_body(struct hconn *c)
 {
-    if (!log_enabled(LOG_INFO)) return;
-    static const char *const m[] = {"GET",   "HEAD",   "POST",    "PUT",
-                                    "PATCH", "DELETE", "OPTIONS", "OTHER"};
-    char st[8], dur[24];
-    snprintf(st, sizeof(st), "%d", r->status);
-    snprintf(dur, sizeof(dur), "%lld", (long long)(now_us() - r->t0));
-    log_kv(LOG_INFO, "request", "rid", r->rid, "method", m[r->method], "path", r->path, "status",
-           st, "dur_us", dur, "org", r->who.org_id[0] ? r->who.org_id : "-", NULL);
-}
-
-static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
-                         enum MHD_RequestTerminationCode toe)
-{
-    struct server *s = cls;
-    struct req *r = *con_cls;
-    if (!r) return;
-    *con_cls = NULL;
-    if (!r->resp && !r->status) r->status = 499; /* client went away, or deadline */
-    count_request(s, r);
-    log_request(s, r);
-    if (r->resp) MHD_destroy_response(r->resp);
-    if (r->suspended) s->inflight--;
-    struct conn_track *ct = r->ct;
-    if (ct && !ct->timed_out) {
-        ct->state = CS_IDLE;
-        ct->deadline = now_us() + (s->cfg->idle_timeout + s->cfg->request_timeout) * 1000000;
+    struct req *r = c->r;
+    long max = c->s->cfg->max_body;
+    if (!c->chunked) {
+        size_t k = c->in_len < c->body_left ? c->in_len : (size_t)c->body_left;
+        buf_add(&r->body, c->in, k);
+        consume(c, k);
+        c->body_left -= k;
+        return c->body_left == 0;
     }
-    buf_free(&r->body);
-    arena_free(&r->arena);
-    free(r);
-}
-
-static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_context,
-                          enum MHD_ConnectionNotificationCode toe)
-{
-    struct server *s = cls;
-    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-        struct conn_track *ct = xcalloc(1, sizeof(*ct));
-        const union MHD_ConnectionInfo *ci =
-            MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
-        ct->fd = ci ? ci->connect_fd : -1;
-        ct->state = CS_NEW;
-        ct->deadline = now_us() + s->cfg->request_timeout * 1000000;
-        ct->next = s->conns.next;
-        ct->prev = &s->conns;
-        s->conns.next->prev = ct;
-        s->conns.next = ct;
-        s->nconns++;
-        *socket_context = ct;
-    } else {
-        struct conn_track *ct = *socket_context;
-        if (!ct) return;
-        ct->prev->next = ct->next;
-        ct->next->prev = ct->prev;
-        s->nconns--;
-        free(ct);
-        *socket_context = NULL;
+    for (;;) {
+        switch (c->ch_state) {
+        case CH_SIZE: {
+            char *le = memmem(c->in, c->in_len, "\r\n", 2);
+            if (!le) {
+                if (c->in_len > MAX_CHUNK_LINE) {
+                    fail(c, LD_E_BAD_REQUEST, "Chunk size line too long");
+                    return -1;
+                }
+                return 0;
+            }
+            uint64_t n = 0;
+            int digits = 0;
+            char *q = c->in;
+            for (; q < le && hexval((unsigned char)*q) >= 0; q++, digits++) {
+                if (n >> 56) break;
+                n = n * 16 + (uint64_t)hexval((unsigned char)*q);
+            }
+            while (q < le && (*q == ' ' || *q == '\t'))
+                q++;
+            if (!digits || (q < le && *q != ';')) {
+                fail(c, LD_E_BAD_REQUEST, "Invalid chunk size in a chunked body");
+                return -1;
+            }
+            if (n > (uint64_t)max || r->body.len + n > (uint64_t)max) {
+                fail(c, LD_E_TOO_LARGE, "Request body exceeds the limit of %ld bytes", max);
+                return -1;
+            }
+            consume(c, (size_t)(le + 2 - c->in));
+            c->body_left = n;
+            c->ch_state = n ? CH_DATA : CH_TRAILER;
+            break;
+        }
+        case CH_DATA: {
+            size_t k = c->in_len < c->body_left ? c->in_len : (size_t)c->body_left;
+            buf_add(&r->body, c->in, k);
+            consume(c, k);
+            c->body_left -= k;
+            if (c->body_left) return 0;
+            c->ch_state = CH_DATA_CRLF;
+            break;
+        }
+        case CH_DATA_CRLF:
+            if (c->in_len < 2) return 0;
+            if (c->in[0] != '\r' || c->in[1] != '\n') {
+                fail(c, LD_E_BAD_REQUEST, "A chunk is longer than its size");
+                return -1;
+            }
+            consume(c, 2);
+            c->ch_state = CH_SIZE;
+            break;
+        case CH_TRAILER: {
+            char *le = memmem(c->in, c->in_len, "\r\n", 2);
+            if (!le) {
+                if (c->in_len > (size_t)c->s->cfg->max_header) {
+                    fail(c, LD_E_HEADERS_TOO_LARGE, "Chunked trailer too large");
+                    return -1;
+                }
+                return 0;
+            }
+            int empty = le == c->in;
+            consume(c, (size_t)(le + 2 - c->in));
+            if (empty) return 1;
+            break;
+        }
+        }
     }
 }
 
-/*
- * Writes a complete problem response straight to the socket.  Only for a
- * connection on which MHD has sent nothing of a response (it is still
- * receiving the request), just before the connection is closed.
- */
-static void raw_problem(int fd, enum ld_err e, const char *detail)
+/* Runs the state machine over what `in` holds. */
+static void process(struct hconn *c)
+{
+    struct server *s = c->s;
+    for (;;) {
+        if (c->dead) return;
+        if (c->state == CS_NEW || c->state == CS_IDLE) {
+            if (!c->in_len) return;
+            if (c->state == CS_IDLE) {
+                /* the first byte of a request starts its deadline */
+                int64_t d = now_us() + s->cfg->request_timeout * 1000000;
+                if (d < c->deadline) c->deadline = d;
+                c->state = CS_NEW;
+            }
+            char *he = memmem(c->in, c->in_len, "\r\n\r\n", 4);
+            if (!he) {
+                const char *eol = memchr(c->in, '\n', c->in_len);
+                if (!eol && c->in_len > MAX_REQUEST_LINE + 64)
+                    fail(c, LD_E_URI_TOO_LONG, "The request target exceeds the limit of %d bytes",
+                         MAX_REQUEST_LINE);
+                else if (c->in_len > (size_t)s->cfg->max_header + MAX_REQUEST_LINE + 64)
+                    fail(c, LD_E_HEADERS_TOO_LARGE, "Request headers exceed the limit of %ld bytes",
+                         s->cfg->max_header);
+                else
+                    break;
+                return;
+            }
+            size_t hlen = (size_t)(he + 4 - c->in);
+            if (parse_head(c, hlen)) return;
+            consume(c, hlen);
+            if (c->chunked || c->body_left) {
+                c->state = CS_BODY;
+                c->deadline = c->r->t0 + s->cfg->request_timeout * 1000000;
+            } else {
+                run_request(c);
+                return;
+            }
+        }
+        if (c->state == CS_BODY) {
+            int rc = take_body(c);
+            if (rc < 0) return;
+            if (rc == 0) break;
+            run_request(c);
+            return;
+        }
+        return;
+    }
+    if (!c->eof) watch(c, EPOLLIN | EPOLLRDHUP); /* more input is needed */
+}
+
+/* Reads what the socket has into `in` (at most a head's worth plus one
+ * read ahead of what process() consumes).  -1 if the connection closed. */
+static int read_in(struct hconn *c)
+{
+    size_t limit = (size_t)c->s->cfg->max_header + MAX_REQUEST_LINE + 128 + READ_CHUNK;
+    for (;;) {
+        if (c->in_cap - c->in_len < 1024) {
+            if (c->in_len >= limit) return 0; /* process() answers or consumes */
+            size_t cap = c->in_cap ? c->in_cap * 2 : READ_CHUNK;
+            c->in = xrealloc(c->in, cap);
+            c->in_cap = cap;
+        }
+        ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, MSG_DONTWAIT);
+        if (n > 0) {
+            c->in_len += (size_t)n;
+            if (c->in_len < c->in_cap) return 0; /* drained */
+            if (c->state == CS_BODY) {
+                process(c); /* make room: the body moves out of `in` */
+                if (c->dead) return -1;
+                if (c->state != CS_BODY) return 0;
+            }
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+        if (n < 0) {
+            conn_close(c);
+            return -1;
+        }
+        /* EOF: the client is done sending (maybe a half-close): what it
+         * sent in full is answered, then the connection closes */
+        c->eof = 1;
+        c->close_after = 1;
+        watch(c, 0);
+        if (c->state == CS_BUSY) return -1;
+        if (c->in_len) process(c);
+        if (!c->dead && (c->state == CS_NEW || c->state == CS_IDLE || c->state == CS_BODY))
+            conn_close(c); /* a request cut short is not answered */
+        return -1;
+    }
+}
+
+static void on_conn(void *ud, uint32_t events)
+{
+    struct hconn *c = ud;
+    if (c->dead) return;
+    if (c->state == CS_WRITE) {
+        if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) flush_out(c);
+        return;
+    }
+    if (c->state == CS_LINGER) {
+        char junk[4096];
+        for (;;) {
+            ssize_t n = recv(c->fd, junk, sizeof(junk), MSG_DONTWAIT);
+            if (n > 0) continue;
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+            conn_close(c);
+            return;
+        }
+    }
+    if (read_in(c)) return;
+    if (c->state == CS_BUSY) {
+        /* bytes sent ahead while the answer is pending wait in `in`; past
+         * what `in` may hold, stop reading until the answer is out */
+        if (c->in_len >= (size_t)c->s->cfg->max_header + MAX_REQUEST_LINE + 128 + READ_CHUNK)
+            watch(c, 0);
+        return;
+    }
+    process(c);
+}
+
+static void schedule(struct hconn *c)
+{
+    if (c->queued || c->dead) return;
+    c->queued = 1;
+    c->rnext = c->s->ready;
+    c->s->ready = c;
+}
+
+/* Answers ready to go out and pipelined requests, then the dead. */
+static void drain_ready(struct server *s)
+{
+    while (s->ready) {
+        struct hconn *c = s->ready;
+        s->ready = c->rnext;
+        c->queued = 0;
+        if (c->dead) continue;
+        if (c->state == CS_BUSY && c->r && c->r->resp)
+            start_write(c);
+        else if (c->state == CS_IDLE || c->state == CS_NEW)
+            process(c);
+    }
+    free_dead(s);
+}
+
+/* ---- accepting ---- */
+
+static void refuse(int fd, enum ld_err e, const char *detail)
 {
     struct buf b, h;
     buf_init(&b, 2048);
     buf_init(&h, 4096);
     problem_body(&b, e, detail, NULL);
     buf_printf(&h,
-               "HTTP/1.1 %d %s\r\nContent-Type: application/problem+json\r\n"
+               "HTTP/1.1 %d %s\r\nContent-Type: application/problem+json\r\nRetry-After: 1\r\n"
                "Content-Length: %zu\r\nConnection: close\r\n\r\n",
                ld_err_status(e), ld_err_title(e), b.len);
     buf_add(&h, b.data, b.len);
@@ -678,59 +1355,95 @@ static void raw_problem(int fd, enum ld_err e, const char *detail)
     (void)w;
     buf_free(&b);
     buf_free(&h);
+    close(fd);
 }
 
-/* The tick: cut off connections past their receive deadline with a 408. */
+static void on_listen(void *ud, uint32_t events)
+{
+    struct server *s = ud;
+    (void)events;
+    for (int i = 0; i < 64 && s->lfd >= 0; i++) {
+        struct sockaddr_in sa;
+        socklen_t sl = sizeof(sa);
+        int fd = accept4(s->lfd, (struct sockaddr *)&sa, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            return; /* EAGAIN, or out of descriptors: the next wake-up retries */
+        }
+        uint32_t ip = sa.sin_family == AF_INET ? sa.sin_addr.s_addr : 0;
+        if (s->nconns >= s->cfg->max_connections) {
+            refuse(fd, LD_E_UNAVAILABLE, "Too many open connections");
+            continue;
+        }
+        struct ipcount **slot = ip_slot(s, ip);
+        if (*slot && (*slot)->n >= s->cfg->max_connections_per_ip) {
+            refuse(fd, LD_E_UNAVAILABLE, "Too many open connections from this address");
+            continue;
+        }
+        if (!*slot) {
+            *slot = xcalloc(1, sizeof(**slot));
+            (*slot)->ip = ip;
+        }
+        (*slot)->n++;
+        int on = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+        struct hconn *c = xcalloc(1, sizeof(*c));
+        c->s = s;
+        c->fd = fd;
+        c->ip = ip;
+        c->state = CS_NEW;
+        c->deadline = now_us() + s->cfg->request_timeout * 1000000;
+        c->next = s->conns.next;
+        c->prev = &s->conns;
+        s->conns.next->prev = c;
+        s->conns.next = c;
+        s->nconns++;
+        watch(c, EPOLLIN | EPOLLRDHUP);
+    }
+}
+
+int req_detach(struct req *r)
+{
+    struct hconn *c = r->conn;
+    if (r->resp || r->detached || !c || c->dead) return -1;
+    r->detached = 1;
+    r->status = 200;
+    c->detached = 1;
+    if (c->watching) loop_del_fd(c->s->loop, c->fd);
+    c->watching = 0;
+    return c->fd;
+}
+
+/* The tick: connections past their deadline. */
 static void sweep(void *ud)
 {
     struct server *s = ud;
     int64_t now = now_us();
-    for (struct conn_track *ct = s->conns.next; ct != &s->conns; ct = ct->next) {
-        if (!ct->deadline || now < ct->deadline || ct->timed_out || ct->fd < 0) continue;
-        ct->timed_out = 1;
-        if (ct->state == CS_BODY || ct->state == CS_NEW)
-            raw_problem(ct->fd, LD_E_TIMEOUT, "The request was not received within the deadline");
-        shutdown(ct->fd, SHUT_RDWR);
+    for (struct hconn *c = s->conns.next, *n; c != &s->conns; c = n) {
+        n = c->next;
+        if (!c->deadline || now < c->deadline) continue;
+        if (c->state == CS_BODY || (c->state == CS_NEW && c->in_len)) {
+            fail(c, LD_E_TIMEOUT, "The request was not received within the deadline");
+        } else if (c->state == CS_NEW && !c->r) {
+            /* nothing sent at all: a 408 still tells the client why */
+            fail(c, LD_E_TIMEOUT, "The request was not received within the deadline");
+        } else {
+            conn_close(c); /* idle, lingering, or not reading its answer */
+        }
     }
-}
-
-static void on_mhd(void *ud, uint32_t events)
-{
-    struct server *s = ud;
-    MHD_run(s->d);
+    drain_ready(s);
 }
 
 static void on_store(void *ud, uint32_t events)
 {
     struct server *s = ud;
+    (void)events;
     store_drain(s->st);
-    MHD_run(s->d); /* queue the answers of resumed connections now */
 }
 
-static long mhd_timeout(void *ud)
-{
-    struct server *s = ud;
-    MHD_UNSIGNED_LONG_LONG t;
-    if (MHD_get_timeout(s->d, &t) == MHD_YES) return (long)t;
-    return -1;
-}
-
-/* After each wait: MHD keeps connections with buffered work on an internal
- * ready list (its epoll is edge-triggered), and says so with a timeout of
- * 0; such work must be run now, or a large upload stalls. */
 static void after_poll(void *ud)
 {
-    struct server *s = ud;
-    MHD_UNSIGNED_LONG_LONG t;
-    if (s->kick || (MHD_get_timeout(s->d, &t) == MHD_YES && t == 0)) {
-        s->kick = 0;
-        MHD_run(s->d);
-    }
-}
-
-void server_kick(struct server *s)
-{
-    s->kick = 1;
+    drain_ready(ud);
 }
 
 static int parse_listen(const char *listen, struct sockaddr_in *sa, char *err, size_t errlen)
@@ -765,47 +1478,41 @@ struct server *server_start(const struct config *cfg, struct store *st, struct e
 {
     struct sockaddr_in sa;
     if (parse_listen(cfg->listen, &sa, err, errlen)) return NULL;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int on = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0 ||
+        bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4096) < 0) {
+        snprintf(err, errlen, "cannot listen on %s (%s)", cfg->listen, strerror(errno));
+        if (fd >= 0) close(fd);
+        return NULL;
+    }
     struct server *s = xcalloc(1, sizeof(*s));
     s->cfg = cfg;
     s->st = st;
     s->eng = eng;
     s->loop = l;
+    s->lfd = fd;
     s->conns.next = s->conns.prev = &s->conns;
     s->by_route = xcalloc((size_t)(route_count + 1) * (N_STATUS + 1), sizeof(uint64_t));
     random_hex(s->rid_prefix, 2);
-    s->d = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO, 0, NULL, NULL, on_request, s,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-        (unsigned)cfg->max_connections_per_ip, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)LD_MHD_POOL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u, MHD_OPTION_END);
-    if (!s->d) {
-        snprintf(err, errlen, "cannot listen on %s (address in use or not available)", cfg->listen);
-        free(s->by_route);
-        free(s);
-        return NULL;
-    }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_EPOLL_FD);
-    s->mhd_fd = di->epoll_fd;
     if (cfg->public_url[0]) {
         snprintf(s->base_url, sizeof(s->base_url), "%s", cfg->public_url);
         size_t n = strlen(s->base_url);
         while (n && s->base_url[n - 1] == '/')
             s->base_url[--n] = 0;
     } else {
-        const union MHD_DaemonInfo *pi = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+        struct sockaddr_in bound;
+        socklen_t bl = sizeof(bound);
+        getsockname(fd, (struct sockaddr *)&bound, &bl);
         char host[64];
         inet_ntop(AF_INET, &sa.sin_addr, host, sizeof(host));
         if (strcmp(host, "0.0.0.0") == 0) snprintf(host, sizeof(host), "127.0.0.1");
         snprintf(s->base_url, sizeof(s->base_url), "http://%s:%u", host,
-                 pi ? (unsigned)pi->port : (unsigned)ntohs(sa.sin_port));
+                 (unsigned)ntohs(bound.sin_port));
     }
-    loop_add_fd(l, s->mhd_fd, EPOLLIN, on_mhd, s);
+    loop_add_fd(l, fd, EPOLLIN, on_listen, s);
     loop_add_fd(l, store_notify_fd(st), EPOLLIN, on_store, s);
     loop_on_tick(l, sweep, s);
-    loop_on_timeout(l, mhd_timeout, s);
     loop_after_poll(l, after_poll, s);
     return s;
 }
@@ -817,8 +1524,18 @@ const char *server_base_url(struct server *s)
 
 void server_quiesce(struct server *s)
 {
-    MHD_socket fd = MHD_quiesce_daemon(s->d);
-    if (fd != MHD_INVALID_SOCKET) close(fd);
+    s->quiescing = 1;
+    if (s->lfd >= 0) {
+        loop_del_fd(s->loop, s->lfd);
+        close(s->lfd);
+        s->lfd = -1;
+    }
+    /* idle keep-alive connections have nothing to finish */
+    for (struct hconn *c = s->conns.next, *n; c != &s->conns; c = n) {
+        n = c->next;
+        if (c->state == CS_IDLE || (c->state == CS_NEW && !c->in_len)) conn_close(c);
+    }
+    drain_ready(s);
 }
 
 long server_inflight(struct server *s)
@@ -829,8 +1546,20 @@ long server_inflight(struct server *s)
 void server_stop(struct server *s)
 {
     if (!s) return;
-    loop_del_fd(s->loop, s->mhd_fd);
-    MHD_stop_daemon(s->d);
+    while (s->conns.next != &s->conns)
+        conn_close(s->conns.next);
+    s->ready = NULL;
+    free_dead(s);
+    if (s->lfd >= 0) {
+        loop_del_fd(s->loop, s->lfd);
+        close(s->lfd);
+    }
+    for (int i = 0; i < IP_BUCKETS; i++)
+        while (s->ips[i]) {
+            struct ipcount *e = s->ips[i];
+            s->ips[i] = e->next;
+            free(e);
+        }
     free(s->by_route);
     free(s);
 }

@@ -1,7 +1,6 @@
 /*
- * server.h — the HTTP server: libmicrohttpd in external-epoll mode inside
- * our loop, with loopd's own limits (body cap, header cap, total request
- * deadline), metrics and graceful shutdown.
+ * server.h — the HTTP/1.1 server on the loop's epoll, with loopd's own limits (body cap, header
+ * cap, total request deadline), metrics and graceful shutdown.
  */
 #ifndef LOOPD_SERVER_H
 #define LOOPD_SERVER_H

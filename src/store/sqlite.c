@@ -16,6 +16,13 @@
 
 struct store *store_open(const char *dir, char *err, size_t errlen)
 {
+    /* SQLite's memory statistics take a global mutex on every allocation;
+     * loopd reads none of them.  Only possible before SQLite initializes. */
+    static int configured;
+    if (!configured) {
+        sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+        configured = 1;
+    }
     struct store *st = xcalloc(1, sizeof(*st));
     snprintf(st->path, sizeof(st->path), "%s/loopd.db", dir);
     struct conn mig;

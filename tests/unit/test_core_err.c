@@ -60,6 +60,10 @@ static const char *reason(int status)
         return "Service Unavailable";
     case 501:
         return "Not Implemented";
+    case 414:
+        return "URI Too Long";
+    case 505:
+        return "HTTP Version Not Supported";
     }
     return NULL;
 }
@@ -114,6 +118,8 @@ static void test_documented_statuses(void **state)
         {LD_E_UNAVAILABLE, 503},
         {LD_E_STORAGE, 500},
         {LD_E_NOT_IMPLEMENTED, 501},
+        {LD_E_URI_TOO_LONG, 414},
+        {LD_E_VERSION, 505},
     };
     assert_int_equal(sizeof(v) / sizeof(v[0]), LD_E__COUNT);
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)

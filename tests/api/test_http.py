@@ -1,0 +1,214 @@
+"""The HTTP/1.1 layer itself (src/http/server.c), over raw sockets: keep-alive,
+pipelining, Expect: 100-continue, HTTP/1.0, chunked request bodies, HEAD,
+and malformed request lines and headers answered with problems."""
+import json
+import select
+import socket
+import time
+
+import requests
+
+from conftest import (assert_problem, expect, parse_raw_response, raw_connect, raw_request, validate,
+                      wait_for)
+
+
+def _get(path, key, extra=b"", version=b"HTTP/1.1"):
+    return (b"GET %s %s\r\nHost: x\r\nAuthorization: %s\r\n" % (path.encode(), version, key.encode())
+            + extra + b"\r\n")
+
+
+def _recv_until(sock, pred, timeout=10):
+    """Read until pred(buf) is true, EOF, or the timeout; returns (buf, eof)."""
+    buf, deadline = b"", time.monotonic() + timeout
+    while not pred(buf):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return buf, False
+        r, _, _ = select.select([sock], [], [], left)
+        if not r:
+            continue
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return buf, True
+        if not chunk:
+            return buf, True
+        buf += chunk
+    return buf, False
+
+
+def _split_responses(buf):
+    """Every complete Content-Length-framed response at the start of buf."""
+    out = []
+    while True:
+        he = buf.find(b"\r\n\r\n")
+        if he < 0:
+            return out, buf
+        resp = parse_raw_response(buf)
+        if resp is None:
+            return out, buf
+        n = he + 4 + int(resp.headers.get("content-length", "0"))
+        out.append(resp)
+        buf = buf[n:]
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(server):
+    with raw_connect(server.port) as s:
+        for _ in range(5):
+            s.sendall(_get("/v1/sessions?limit=1", server.key))
+            buf, eof = _recv_until(s, lambda b: len(_split_responses(b)[0]) == 1)
+            (resp,), _ = _split_responses(buf)
+            assert resp.status_code == 200, resp
+            assert resp.headers.get("connection", "").lower() != "close"
+            validate(resp.json(), "PaginatedResponse_WithUrls_Session")
+
+
+def test_pipelined_requests_are_answered_in_order(api, server):
+    sid = expect(api.post("/v1/sessions", {"title": "pipelined"}), 201).json()["id"]
+    data = (_get("/v1/sessions/" + sid, server.key) + _get("/healthz", server.key)
+            + _get("/v1/sessions/session_" + "0" * 32, server.key))
+    with raw_connect(server.port) as s:
+        s.sendall(data)
+        buf, _ = _recv_until(s, lambda b: len(_split_responses(b)[0]) == 3)
+    resps, rest = _split_responses(buf)
+    assert [r.status_code for r in resps] == [200, 200, 404], resps
+    assert resps[0].json()["id"] == sid
+    assert_problem(resps[2], 404)
+    assert rest == b""
+
+
+def test_expect_100_continue_gets_an_interim_answer(server):
+    body = json.dumps({"title": "expect continue"}).encode()
+    head = (b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n"
+            % (server.key.encode(), len(body)))
+    with raw_connect(server.port) as s:
+        s.sendall(head)
+        buf, _ = _recv_until(s, lambda b: b"\r\n\r\n" in b, timeout=5)
+        assert buf == b"HTTP/1.1 100 Continue\r\n\r\n", buf[:200]
+        s.sendall(body)
+        buf, _ = _recv_until(s, lambda b: len(_split_responses(b)[0]) == 1)
+    (resp,), _ = _split_responses(buf)
+    assert resp.status_code == 201, resp
+    assert resp.json()["title"] == "expect continue"
+
+
+def test_oversized_body_refused_before_it_is_sent_with_expect(server):
+    head = (b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 999999999\r\n"
+            b"Expect: 100-continue\r\n\r\n" % server.key.encode())
+    resp = raw_request(server.port, head)
+    assert_problem(resp, 413)
+    assert resp.headers.get("connection", "").lower() == "close"
+
+
+def test_http10_closes_after_the_answer(server):
+    with raw_connect(server.port) as s:
+        s.sendall(_get("/healthz", server.key, version=b"HTTP/1.0"))
+        buf, eof = _recv_until(s, lambda b: False, timeout=5)
+    assert eof, "the server kept an HTTP/1.0 connection open"
+    resp = parse_raw_response(buf)
+    assert resp.status_code == 200
+    assert resp.headers.get("connection", "").lower() == "close"
+
+
+def test_connection_close_is_honoured(server):
+    with raw_connect(server.port) as s:
+        s.sendall(_get("/healthz", server.key, extra=b"Connection: close\r\n"))
+        buf, eof = _recv_until(s, lambda b: False, timeout=5)
+    assert eof
+    assert parse_raw_response(buf).status_code == 200
+
+
+def test_chunked_body_with_extension_and_trailer(api, server):
+    body = json.dumps({"title": "chunked body", "tags": ["x"]}).encode()
+    a, b = body[:7], body[7:]
+    data = (b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"%x;name=value\r\n%s\r\n%X\r\n%s\r\n0\r\nX-Trailer: yes\r\n\r\n"
+            % (server.key.encode(), len(a), a, len(b), b))
+    resp = raw_request(server.port, data)
+    assert resp.status_code == 201, resp
+    sid = resp.json()["id"]
+    assert expect(api.get("/v1/sessions/" + sid), 200).json()["title"] == "chunked body"
+
+
+def test_head_has_the_length_and_no_body(api, server):
+    sid = expect(api.post("/v1/sessions", {"title": "head"}), 201).json()["id"]
+    full = expect(api.get("/v1/sessions/" + sid), 200)
+    req = (b"HEAD /v1/sessions/%s HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n"
+           % (sid.encode(), server.key.encode()))
+    with raw_connect(server.port) as s:
+        s.sendall(req + _get("/healthz", server.key))
+        buf, _ = _recv_until(s, lambda b: b.count(b"HTTP/1.1 200") >= 2 and b.endswith(b"}"), timeout=5)
+    head_end = buf.find(b"\r\n\r\n")
+    head = buf[:head_end].decode("latin-1").lower()
+    assert "content-length: %d" % len(full.content) in head, head
+    # the next bytes are the second answer, not a body
+    assert buf[head_end + 4:].startswith(b"HTTP/1.1 200 OK"), buf[head_end:head_end + 100]
+
+
+def test_query_plus_is_a_space(api, server):
+    title = "plus sign %d" % time.monotonic_ns()
+    sid = expect(api.post("/v1/sessions", {"title": title}), 201).json()["id"]
+    q = title.replace(" ", "+")
+    resp = raw_request(server.port, _get("/v1/sessions?search=" + q, server.key))
+    assert resp.status_code == 200, resp
+    assert [s["id"] for s in resp.json()["data"]] == [sid]
+
+
+def test_malformed_query_escape_is_a_problem(server):
+    resp = raw_request(server.port, _get("/v1/sessions?search=%zz", server.key))
+    assert_problem(resp, 400, detail_contains="percent-escape")
+
+
+def test_unknown_http_version_is_505(server):
+    resp = raw_request(server.port, _get("/healthz", server.key, version=b"HTTP/2.0"))
+    assert_problem(resp, 505)
+
+
+def test_garbage_request_line_is_400(server):
+    for line in (b"GARBAGE\r\n\r\n", b"GET\r\n\r\n", b"GET /x\r\n\r\n", b"GET http://x/ HTTP/1.1\r\n\r\n",
+                 b"G(T / HTTP/1.1\r\n\r\n"):
+        resp = raw_request(server.port, line)
+        assert_problem(resp, 400)
+        assert resp.headers.get("connection", "").lower() == "close"
+
+
+def test_folded_or_malformed_headers_are_400(server):
+    for extra in (b"X-A: 1\r\n  folded\r\n", b"No colon here\r\n", b"Bad Name: 1\r\n", b": empty\r\n"):
+        resp = raw_request(server.port, _get("/healthz", server.key, extra=extra))
+        assert_problem(resp, 400)
+
+
+def test_client_leaving_during_a_write_does_not_hurt(server, api):
+    """A client that sends a POST and leaves at once: the write still
+    commits, nothing crashes, the server keeps serving."""
+    body = json.dumps({"title": "left early"}).encode()
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                  % (server.key.encode(), len(body), body))
+        s.close()
+    # the writes were sent in full before the close: each is committed
+    wait_for(lambda: expect(api.get("/v1/sessions", params={"search": "left early"}), 200)
+             .json()["total"] == 20, what="20 sessions from clients that left")
+    expect(requests.get(server.base + "/healthz", timeout=5), 200)
+
+
+def test_half_closed_client_still_gets_its_answer(server):
+    """A client that shuts down its sending side after a write request (as
+    some scripts do) still reads the 201: the write is answered, then the
+    connection closes."""
+    body = json.dumps({"title": "half close"}).encode()
+    with raw_connect(server.port) as s:
+        s.sendall(b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                  % (server.key.encode(), len(body), body))
+        s.shutdown(socket.SHUT_WR)
+        buf, eof = _recv_until(s, lambda b: False, timeout=10)
+    assert eof
+    resp = parse_raw_response(buf)
+    assert resp is not None and resp.status_code == 201, buf[:300]
+    assert resp.json()["title"] == "half close"
