@@ -4,8 +4,9 @@
  * sqlite3_step returns) and a busy timeout, since `loopd keys` may write
  * from another process.  Writers keep temporary data in memory: the
  * savepoint around each op of a batch needs a sub-journal, which past
- * 64 KiB would otherwise become a temporary file (open, write, unlink).  Statements are cached by SQL text with LRU
- * eviction, so dynamic list queries are prepared once per shape.
+ * 64 KiB would otherwise become a temporary file (open, write, unlink).
+ * Statements are cached by SQL text with LRU eviction, so dynamic list
+ * queries are prepared once per shape.
  */
 #include "store/sqlite_int.h"
 #include <stdio.h>
