@@ -121,7 +121,11 @@ const char *col_text(sqlite3_stmt *s, int i, struct arena *a)
 void col_copy(sqlite3_stmt *s, int i, char *out, size_t n)
 {
     const unsigned char *t = sqlite3_column_text(s, i);
-    snprintf(out, n, "%s", t ? (const char *)t : "");
+    size_t len = t ? (size_t)sqlite3_column_bytes(s, i) : 0;
+    if (!n) return;
+    if (len >= n) len = n - 1; /* truncated, as snprintf would */
+    memcpy(out, t ? (const char *)t : "", len);
+    out[len] = 0;
 }
 
 void read_session(sqlite3_stmt *s, struct arena *a, struct session_rec *r)

@@ -60,6 +60,11 @@ static int grow(struct buf *b, size_t n)
     return 0;
 }
 
+int buf_reserve(struct buf *b, size_t n)
+{
+    return grow(b, n);
+}
+
 int buf_add_slow(struct buf *b, const void *p, size_t n)
 {
     if (grow(b, n)) return -1;
@@ -108,6 +113,16 @@ int buf_i64(struct buf *b, int64_t v)
     return buf_add(b, p, (size_t)(tmp + sizeof(tmp) - p));
 }
 
+#define ONES 0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+/* Some byte of v is a control character (< 0x20), '"' or '\\' (the
+ * exact tests of "Bit Twiddling Hacks"; bytes >= 0x80 never match). */
+static inline int needs_escape8(uint64_t v)
+{
+    uint64_t q = v ^ (ONES * '"'), bs = v ^ (ONES * '\\');
+    return (((v - ONES * 0x20) & ~v) | ((q - ONES) & ~q) | ((bs - ONES) & ~bs)) & HIGHS ? 1 : 0;
+}
+
 int buf_json_strn(struct buf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
@@ -115,6 +130,14 @@ int buf_json_strn(struct buf *b, const char *s, size_t n)
     b->data[b->len++] = '"';
     size_t start = 0;
     for (size_t i = 0; i < n; i++) {
+        /* eight bytes at a time while none needs escaping */
+        while (i + 8 <= n) {
+            uint64_t v;
+            memcpy(&v, s + i, 8);
+            if (needs_escape8(v)) break;
+            i += 8;
+        }
+        if (i >= n) break;
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\') continue;
         if (buf_add(b, s + start, i - start)) return -1;

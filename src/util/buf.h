@@ -24,6 +24,8 @@ void buf_free(struct buf *b);
 void buf_reset(struct buf *b);
 /* Hands the data to the caller (free()); the buffer is left empty. */
 char *buf_take(struct buf *b, size_t *len);
+/* Makes room for n more bytes now (0), or sets overflow (-1). */
+int buf_reserve(struct buf *b, size_t n);
 int buf_add_slow(struct buf *b, const void *p, size_t n);
 /* Appends n bytes; the common case (room already allocated) is inline. */
 static inline int buf_add(struct buf *b, const void *p, size_t n)

@@ -263,6 +263,61 @@ static void test_json_strn_nul(void **state)
 
 /* Escapes that grow the string past the cap end in overflow, not in a
  * buffer overrun. */
+/* Reference escaper, one byte at a time, for comparison with the writer
+ * (which skips eight bytes at a time). */
+static void ref_escape(const unsigned char *s, size_t n, char *out)
+{
+    char *o = out;
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c == '"' || c == '\\') {
+            *o++ = '\\';
+            *o++ = (char)c;
+        } else if (c == '\n') {
+            o += sprintf(o, "\\n");
+        } else if (c == '\r') {
+            o += sprintf(o, "\\r");
+        } else if (c == '\t') {
+            o += sprintf(o, "\\t");
+        } else if (c == '\b') {
+            o += sprintf(o, "\\b");
+        } else if (c == '\f') {
+            o += sprintf(o, "\\f");
+        } else if (c < 0x20) {
+            o += sprintf(o, "\\u%04x", c);
+        } else {
+            *o++ = (char)c;
+        }
+    }
+    *o++ = '"';
+    *o = 0;
+}
+
+/* Every byte that needs escaping, at every offset of long strings of plain
+ * ASCII and of UTF-8, comes out as the byte-at-a-time escaper writes it. */
+static void test_json_strn_every_offset(void **state)
+{
+    (void)state;
+    static const unsigned char specials[] = {'"',  '\\', '\n', 0x01, 0x1f,
+                                             0x00, '\t', 0x7f, 0x80, 0xff};
+    unsigned char in[40];
+    char want[40 * 6 + 3];
+    for (size_t sp = 0; sp < sizeof(specials); sp++)
+        for (size_t len = 1; len <= sizeof(in); len++)
+            for (size_t at = 0; at < len; at++) {
+                for (size_t i = 0; i < len; i++)
+                    in[i] = (unsigned char)(i % 3 == 0 ? 0xc3 : 'a' + i % 26);
+                in[at] = specials[sp];
+                struct buf b;
+                buf_init(&b, 1024);
+                assert_int_equal(buf_json_strn(&b, (const char *)in, len), 0);
+                ref_escape(in, len, want);
+                assert_string_equal(b.data, want);
+                buf_free(&b);
+            }
+}
+
 static void test_json_str_escape_overflow(void **state)
 {
     struct buf b;
@@ -486,6 +541,7 @@ int main(void)
         cmocka_unit_test(test_json_str_escapes),
         cmocka_unit_test(test_json_str_utf8_unchanged),
         cmocka_unit_test(test_json_strn_nul),
+        cmocka_unit_test(test_json_strn_every_offset),
         cmocka_unit_test(test_json_str_escape_overflow),
         cmocka_unit_test(test_jw_nested_commas),
         cmocka_unit_test(test_jw_top_level_array),
