@@ -144,8 +144,9 @@ struct batch {
     struct turn *turn;
     struct event_rec ev[24];
     struct session_update upd;
-    void (*then)(struct batch *b); /* after commit and fan-out */
-    void *cb;                      /* the API's callback */
+    void (*first)(struct batch *b); /* after commit and fan-out, before `then` */
+    void (*then)(struct batch *b);  /* after commit and fan-out */
+    void *cb;                       /* the API's callback */
     void *cb_ud;
     const char *reply_msg; /* message JSON for engine_msg_fn */
     const char *delivery;
@@ -402,6 +403,7 @@ static void batch_done(struct store_op *op)
         log_error("event commit failed", "session", ls->id, "err", op->detail, NULL);
         if (op->nevents) ls->next_seq = b->ev[0].seq;
     }
+    if (b->first) b->first(b);
     if (b->then) b->then(b);
     struct turn *t = b->turn;
     struct engine *e = b->e;
@@ -587,8 +589,8 @@ static void delta_event(struct batch *b, struct turn *t, const char *delta)
     buf_free(&d);
 }
 
-/* THINKING: plan the model call and open the answer */
-static void step_start(struct engine *e, struct turn *t)
+/* THINKING: plan the model call and open the answer (in b_in if given) */
+static void step_start_with(struct engine *e, struct turn *t, struct batch *b_in)
 {
     struct live *ls = t->ls;
     t->state = T_THINKING;
@@ -605,7 +607,7 @@ static void step_start(struct engine *e, struct turn *t)
     sim_plan(ls->last_text ? ls->last_text : "", prompt, ls->last_hints, t->results.data, &t->arena,
              &t->plan);
     id_new("message", t->out_msg_id);
-    struct batch *b = batch_new(e, ls, t);
+    struct batch *b = b_in ? b_in : batch_new(e, ls, t);
     char data[512];
     /* ModelMetadata.model_id is a bare UUID upstream; the typed model id
      * is on the session, so only the model's name goes here */
@@ -632,6 +634,34 @@ static void step_start(struct engine *e, struct turn *t)
         delta_event(b, t, t->plan.deltas[i]);
     t->delta_i = t->plan.ndeltas;
     step_finish(e, t, b);
+}
+
+static void step_start(struct engine *e, struct turn *t)
+{
+    step_start_with(e, t, NULL);
+}
+
+/*
+ * A new turn on llmsim at zero latency that calls no tool is decided at
+ * once: its model step and its end go into the batch of the message that
+ * starts it, so the whole turn is one commit (one fsync on the path from
+ * POST to turn.completed instead of two).  All of it becomes durable, or
+ * none.  Returns 0, having changed nothing, when the turn is of another
+ * kind.
+ */
+static int step_start_merged(struct engine *e, struct turn *t, struct batch *b)
+{
+    struct live *ls = t->ls;
+    const struct builtin_model *model = model_find(t->model_id[0] ? t->model_id : ls->model_id);
+    if (model && strcmp(model->provider, "llmsim") != 0) return 0;
+    struct sim_plan plan;
+    size_t prompt = 256 + (ls->last_text ? strlen(ls->last_text) : 0);
+    sim_plan(ls->last_text ? ls->last_text : "", prompt, ls->last_hints, t->results.data, &t->arena,
+             &plan);
+    if (plan.latency_ms > 0 || plan.ncalls) return 0;
+    if (b->op.nevents + 10 + plan.ndeltas > (int)(sizeof(b->ev) / sizeof(b->ev[0]))) return 0;
+    step_start_with(e, t, b);
+    return 1;
 }
 
 static struct engine *g_engine; /* for timer callbacks: the one engine */
@@ -1279,7 +1309,8 @@ static void release_cid(struct batch *b)
     b->cid = NULL;
 }
 
-static void message_committed(struct batch *b)
+/* answers the POST: the message is durable (or failed) */
+static void message_answer(struct batch *b)
 {
     engine_msg_fn fn = (engine_msg_fn)(void (*)(void))b->cb;
     release_cid(b);
@@ -1289,7 +1320,12 @@ static void message_committed(struct batch *b)
         return;
     }
     fn(b->cb_ud, LD_OK, NULL, b->reply_msg, b->delivery);
-    if (b->turn && b->turn->state == T_STARTING) step_start(b->e, b->turn);
+}
+
+static void message_committed(struct batch *b)
+{
+    message_answer(b);
+    if (b->op.err == LD_OK && b->turn && b->turn->state == T_STARTING) step_start(b->e, b->turn);
 }
 
 /* a turn whose first commit failed never ran: forget it */
@@ -1376,6 +1412,12 @@ void engine_post_message(struct engine *e, const struct session_rec *s,
         t->refs++;
         emit_activation(b, t, now);
         ev->turn_id = NULL;
+        /* answered first, whether the batch is submitted here or below */
+        b->first = message_answer;
+        b->then = NULL;
+        if (step_start_merged(e, t, b)) return; /* step_finish set `then`, submitted */
+        b->first = NULL;
+        b->then = message_committed;
     } else if (ls->turn->state == T_WAITING) {
         /* the user spoke instead of answering the tool calls: close them,
          * and the turn goes on with the new message */
