@@ -87,7 +87,8 @@ api-asan: build/asan/loopd
 api-valgrind: build/loopd
 	LOOPD_BIN=scripts/valgrind-loopd $(PY) -m pytest -q tests/api/test_sessions.py \
 		tests/api/test_agents.py tests/api/test_chat.py tests/api/test_turns.py \
-		tests/api/test_sse.py tests/api/test_tools.py tests/api/test_drivers.py
+		tests/api/test_sse.py tests/api/test_tools.py tests/api/test_drivers.py \
+		tests/api/test_http.py tests/api/test_bad_input.py
 
 # the web console in Debian's headless Chromium (playwright-core from npm)
 browser: build/loopd
