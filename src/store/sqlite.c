@@ -43,11 +43,14 @@ fail:
     return NULL;
 }
 
+static void harness_cache_free(struct store *st);
+
 void store_close(struct store *st)
 {
     if (!st) return;
     writer_stop(st->w);
     conn_close(&st->rd);
+    harness_cache_free(st);
     free(st);
 }
 
@@ -680,9 +683,21 @@ static void read_harness(sqlite3_stmt *s, struct arena *a, struct harness_rec *r
     r->session_count = sqlite3_column_int64(s, 13);
 }
 
+static char *dup_opt(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
 enum ld_err store_harness_get(struct store *st, const char *org_id, const char *id_or_name,
                               struct arena *a, struct harness_rec *out)
 {
+    for (int i = 0; i < st->nhcache; i++) {
+        struct harness_cached *h = &st->hcache[i];
+        if (strcmp(h->key, id_or_name) == 0 && strcmp(h->org_id, org_id) == 0) {
+            *out = h->rec; /* its strings live as long as the store */
+            return LD_OK;
+        }
+    }
     sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT " HARNESS_COLS " FROM harnesses WHERE"
                                          " org_id = ?1 AND (id = ?2 OR name = ?2)");
     if (!s) return LD_E_STORAGE;
@@ -694,7 +709,34 @@ enum ld_err store_harness_get(struct store *st, const char *org_id, const char *
         e = LD_OK;
     }
     sqlite3_reset(s);
+    if (e == LD_OK && st->nhcache < HARNESS_CACHE && strlen(org_id) < ID_MAX &&
+        strlen(id_or_name) < sizeof(st->hcache[0].key)) {
+        struct harness_cached *h = &st->hcache[st->nhcache++];
+        snprintf(h->org_id, sizeof(h->org_id), "%s", org_id);
+        snprintf(h->key, sizeof(h->key), "%s", id_or_name);
+        h->rec = *out;
+        h->rec.name = dup_opt(out->name);
+        h->rec.display_name = dup_opt(out->display_name);
+        h->rec.description = dup_opt(out->description);
+        h->rec.system_prompt = dup_opt(out->system_prompt);
+        h->rec.capabilities = dup_opt(out->capabilities);
+        h->rec.tags = dup_opt(out->tags);
+    }
     return e;
+}
+
+static void harness_cache_free(struct store *st)
+{
+    for (int i = 0; i < st->nhcache; i++) {
+        struct harness_rec *r = &st->hcache[i].rec;
+        free((char *)r->name);
+        free((char *)r->display_name);
+        free((char *)r->description);
+        free((char *)r->system_prompt);
+        free((char *)r->capabilities);
+        free((char *)r->tags);
+    }
+    st->nhcache = 0;
 }
 
 enum ld_err store_harness_list(struct store *st, const char *org_id, const char *search,

@@ -40,10 +40,20 @@ void col_copy(sqlite3_stmt *s, int i, char *out, size_t n);    /* "" if NULL */
 int schema_migrate(struct conn *c, char *err, size_t errlen);
 
 struct writer;
+/* Harnesses never change once created (built-ins, made at bootstrap), so
+ * the loop keeps the ones it has read; entries live until store_close. */
+#define HARNESS_CACHE 64
+struct harness_cached {
+    char org_id[ID_MAX];
+    char key[ID_MAX + 64]; /* the id or name asked for */
+    struct harness_rec rec;
+};
 struct store {
     char path[600];
     struct conn rd; /* loop-thread reads */
     struct writer *w;
+    struct harness_cached hcache[HARNESS_CACHE];
+    int nhcache;
 };
 
 struct writer *writer_start(const char *path, char *err, size_t errlen);
