@@ -68,6 +68,7 @@ enum conn_state { CS_NEW, CS_IDLE, CS_BODY, CS_BUSY, CS_WRITE, CS_LINGER };
 #define MAX_REQUEST_LINE 8192
 #define MAX_CHUNK_LINE 1024
 #define READ_CHUNK 16384
+#define IN_FIRST 4096 /* a connection's first input buffer: most requests fit */
 #define LINGER_US (2 * 1000000)
 #define IP_BUCKETS 1024
 
@@ -1250,7 +1251,7 @@ static int read_in(struct hconn *c)
     for (;;) {
         if (c->in_cap - c->in_len < 1024) {
             if (c->in_len >= limit) return 0; /* process() answers or consumes */
-            size_t cap = c->in_cap ? c->in_cap * 2 : READ_CHUNK;
+            size_t cap = c->in_cap ? c->in_cap * 2 : IN_FIRST;
             c->in = xrealloc(c->in, cap);
             c->in_cap = cap;
         }
