@@ -813,7 +813,8 @@ static int hexval(int c)
 }
 
 /* Percent-decodes [s, s+n) into the arena ('+' is a space in a query);
- * NULL if the result would hold a NUL or an escape is malformed. */
+ * NULL if the result would hold a NUL or invalid UTF-8, or an escape is
+ * malformed. */
 static char *decode(struct arena *a, const char *s, size_t n, int plus)
 {
     char *o = arena_alloc(a, n + 1), *q = o;
@@ -832,7 +833,8 @@ static char *decode(struct arena *a, const char *s, size_t n, int plus)
         *q++ = ch;
     }
     *q = 0;
-    return o;
+    /* values reach JSON (problem details, stored fields): UTF-8 only */
+    return utf8_valid(o, (size_t)(q - o)) ? o : NULL;
 }
 
 static int parse_query(struct req *r, const char *q, size_t n)
@@ -954,7 +956,8 @@ static int parse_head(struct hconn *c, size_t hlen)
     const char *path = decode(&r->arena, t, pl, 0);
     r->path = path ? path : arena_strndup(&r->arena, t, pl);
     if (qm && parse_query(r, qm + 1, (size_t)(t + tl - qm - 1))) {
-        fail(c, LD_E_BAD_REQUEST, "The query string has a malformed percent-escape");
+        fail(c, LD_E_BAD_REQUEST,
+             "The query string has a malformed percent-escape or is not valid UTF-8");
         return -1;
     }
     /* headers */

@@ -43,6 +43,10 @@ int buf_putc(struct buf *b, char c);
 int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int buf_i64(struct buf *b, int64_t v);
 
+/* 1 if [s, s+n) is valid UTF-8 (RFC 3629: no overlong forms, no
+ * surrogates, nothing past U+10FFFF), else 0. */
+int utf8_valid(const char *s, size_t n);
+
 /* JSON: strings are written with RFC 8259 escapes; the input must be valid
  * UTF-8 (all request input is validated by jansson first). */
 int buf_json_str(struct buf *b, const char *s);

@@ -162,6 +162,18 @@ def test_malformed_query_escape_is_a_problem(server):
     assert_problem(resp, 400, detail_contains="percent-escape")
 
 
+def test_query_or_path_not_utf8_is_a_problem_in_valid_json(server):
+    """%ff decodes to a byte that is not UTF-8: refused, and never echoed
+    into a detail (which would make the problem body invalid JSON)."""
+    for q in ("status=%ff", "search=%c0%af", "order=%ed%a0%80"):
+        resp = raw_request(server.port, _get("/v1/sessions?" + q, server.key))
+        assert_problem(resp, 400, detail_contains="UTF-8")
+    for path in ("/v1/agents/%ff", "/v1/sessions/session_%ff"):
+        resp = raw_request(server.port, _get(path, server.key))
+        assert 400 <= resp.status_code < 500, resp
+        assert_problem(resp, resp.status_code)
+
+
 def test_unknown_http_version_is_505(server):
     resp = raw_request(server.port, _get("/healthz", server.key, version=b"HTTP/2.0"))
     assert_problem(resp, 505)

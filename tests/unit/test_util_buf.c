@@ -318,6 +318,35 @@ static void test_json_strn_every_offset(void **state)
             }
 }
 
+static void test_utf8_valid(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        int ok;
+    } v[] = {
+        {"", 1},
+        {"plain ascii", 1},
+        {"\xc3\xa9", 1},         /* é */
+        {"\xe2\x82\xac", 1},     /* € */
+        {"\xf0\x9f\x98\x80", 1}, /* U+1F600 */
+        {"\xf4\x8f\xbf\xbf", 1}, /* U+10FFFF */
+        {"\xff", 0},             /* never a UTF-8 byte */
+        {"\x80", 0},             /* a continuation alone */
+        {"\xc3", 0},             /* truncated */
+        {"\xc0\xaf", 0},         /* overlong '/' */
+        {"\xe0\x80\xaf", 0},     /* overlong */
+        {"\xed\xa0\x80", 0},     /* surrogate U+D800 */
+        {"\xf4\x90\x80\x80", 0}, /* past U+10FFFF */
+        {"\xf5\x80\x80\x80", 0}, /* past U+10FFFF */
+        {"ok \xe2\x82", 0},      /* truncated at the end */
+        {"\xe2\x28\xa1", 0},     /* bad continuation */
+    };
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
+        if (utf8_valid(v[i].s, strlen(v[i].s)) != v[i].ok)
+            fail_msg("utf8_valid case %zu: want %d", i, v[i].ok);
+}
+
 static void test_json_str_escape_overflow(void **state)
 {
     struct buf b;
@@ -542,6 +571,7 @@ int main(void)
         cmocka_unit_test(test_json_str_utf8_unchanged),
         cmocka_unit_test(test_json_strn_nul),
         cmocka_unit_test(test_json_strn_every_offset),
+        cmocka_unit_test(test_utf8_valid),
         cmocka_unit_test(test_json_str_escape_overflow),
         cmocka_unit_test(test_jw_nested_commas),
         cmocka_unit_test(test_jw_top_level_array),
