@@ -497,6 +497,24 @@ static void usage_json(struct buf *o, int64_t in, int64_t out)
     buf_printf(o, "{\"input_tokens\":%lld,\"output_tokens\":%lld}", (long long)in, (long long)out);
 }
 
+/* session.idled with the session's cumulative usage: the session goes idle */
+static void emit_idled(struct batch *b, struct turn *t)
+{
+    struct live *ls = b->ls;
+    struct buf u, d;
+    buf_init(&u, 256);
+    usage_json(&u, ls->in_tokens, ls->out_tokens);
+    buf_init(&d, 1024);
+    buf_printf(&d, "{\"turn_id\":\"%s\",\"iterations\":%d,\"usage\":%s}", t->id, t->iteration,
+               u.data);
+    emit(b, "session.idled", d.data, NULL);
+    buf_free(&d);
+    buf_free(&u);
+    b->upd.set_status = 1;
+    b->upd.status = SS_IDLE;
+    b->upd.turn_id = "";
+}
+
 /* ---- turns ---- */
 
 static void turn_free_calls(struct turn *t)
@@ -589,7 +607,17 @@ static void delta_event(struct batch *b, struct turn *t, const char *delta)
     buf_free(&d);
 }
 
-/* THINKING: plan the model call and open the answer (in b_in if given) */
+/* llmsim's answer to the turn's newest input, into t->plan */
+static void sim_plan_for(struct turn *t)
+{
+    struct live *ls = t->ls;
+    size_t prompt = 256 + (ls->last_text ? strlen(ls->last_text) : 0);
+    sim_plan(ls->last_text ? ls->last_text : "", prompt, ls->last_hints, t->results.data, &t->arena,
+             &t->plan);
+}
+
+/* THINKING: plan the model call and open the answer; with b_in (from
+ * step_start_merged) the plan is already made and the answer goes into b_in */
 static void step_start_with(struct engine *e, struct turn *t, struct batch *b_in)
 {
     struct live *ls = t->ls;
@@ -603,9 +631,7 @@ static void step_start_with(struct engine *e, struct turn *t, struct batch *b_in
         step_call(e, t, model);
         return;
     }
-    size_t prompt = 256 + (ls->last_text ? strlen(ls->last_text) : 0);
-    sim_plan(ls->last_text ? ls->last_text : "", prompt, ls->last_hints, t->results.data, &t->arena,
-             &t->plan);
+    if (!b_in) sim_plan_for(t);
     id_new("message", t->out_msg_id);
     struct batch *b = b_in ? b_in : batch_new(e, ls, t);
     char data[512];
@@ -654,12 +680,10 @@ static int step_start_merged(struct engine *e, struct turn *t, struct batch *b)
     struct live *ls = t->ls;
     const struct builtin_model *model = model_find(t->model_id[0] ? t->model_id : ls->model_id);
     if (model && strcmp(model->provider, "llmsim") != 0) return 0;
-    struct sim_plan plan;
-    size_t prompt = 256 + (ls->last_text ? strlen(ls->last_text) : 0);
-    sim_plan(ls->last_text ? ls->last_text : "", prompt, ls->last_hints, t->results.data, &t->arena,
-             &plan);
-    if (plan.latency_ms > 0 || plan.ncalls) return 0;
-    if (b->op.nevents + 10 + plan.ndeltas > (int)(sizeof(b->ev) / sizeof(b->ev[0]))) return 0;
+    sim_plan_for(t); /* made again by step_start if this returns 0 */
+    const struct sim_plan *plan = &t->plan;
+    if (plan->latency_ms > 0 || plan->ncalls) return 0;
+    if (b->op.nevents + 10 + plan->ndeltas > (int)(sizeof(b->ev) / sizeof(b->ev[0]))) return 0;
     step_start_with(e, t, b);
     return 1;
 }
@@ -1124,7 +1148,6 @@ static void step_finish(struct engine *e, struct turn *t, struct batch *b)
     struct buf u;
     buf_init(&u, 256);
     usage_json(&u, p->input_tokens, p->output_tokens);
-    int64_t seq_next = ls->next_seq;
     if (!p->fail_code && p->ncalls) {
         buf_free(&d);
         buf_free(&u);
@@ -1205,18 +1228,9 @@ static void step_finish(struct engine *e, struct turn *t, struct batch *b)
         b->upd.set_outcome = 1;
         b->upd.outcome = TO_COMPLETED;
     }
-    (void)seq_next;
-    buf_reset(&d);
-    buf_reset(&u);
-    usage_json(&u, ls->in_tokens, ls->out_tokens);
-    buf_printf(&d, "{\"turn_id\":\"%s\",\"iterations\":%d,\"usage\":%s}", t->id, t->iteration,
-               u.data);
-    emit(b, "session.idled", d.data, NULL);
     buf_free(&d);
     buf_free(&u);
-    b->upd.set_status = 1;
-    b->upd.status = SS_IDLE;
-    b->upd.turn_id = "";
+    emit_idled(b, t);
     t->state = T_FINISHING;
     b->then = finished;
     batch_submit(b);
@@ -1250,18 +1264,9 @@ static void fail_turn(struct engine *e, struct turn *t, struct batch *b, const c
     snprintf(data, sizeof(data), "{\"turn_id\":\"%s\",\"error\":\"%s\",\"error_code\":\"%s\"}",
              t->id, text, code);
     emit(b, "turn.failed", data, NULL);
-    struct buf u;
-    buf_init(&u, 256);
-    usage_json(&u, ls->in_tokens, ls->out_tokens);
-    snprintf(data, sizeof(data), "{\"turn_id\":\"%s\",\"iterations\":%d,\"usage\":%s}", t->id,
-             t->iteration, u.data);
-    buf_free(&u);
-    emit(b, "session.idled", data, NULL);
-    b->upd.set_status = 1;
-    b->upd.status = SS_IDLE;
+    emit_idled(b, t);
     b->upd.set_outcome = 1;
     b->upd.outcome = TO_FAILED;
-    b->upd.turn_id = "";
     requeue_steered(ls);
     t->state = T_FINISHING;
     b->then = finished;
@@ -1558,19 +1563,11 @@ void engine_cancel(struct engine *e, const struct session_rec *s, engine_cancel_
     const char *am =
         agent_message(&b->arena, mid, ls->id, ls->next_seq, "Work was cancelled by user.", now);
     emit(b, "output.message.completed", wrap_message(&b->arena, am, NULL), am);
-    buf_reset(&u);
-    usage_json(&u, ls->in_tokens, ls->out_tokens);
-    buf_reset(&d);
-    buf_printf(&d, "{\"turn_id\":\"%s\",\"iterations\":%d,\"usage\":%s}", t->id, t->iteration,
-               u.data);
-    emit(b, "session.idled", d.data, NULL);
     buf_free(&d);
     buf_free(&u);
-    b->upd.set_status = 1;
-    b->upd.status = SS_IDLE;
+    emit_idled(b, t);
     b->upd.set_outcome = 1;
     b->upd.outcome = TO_CANCELLED;
-    b->upd.turn_id = "";
     b->then = cancel_committed;
     ls->turn = NULL;
     ls->steered = 0;
