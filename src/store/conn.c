@@ -47,6 +47,8 @@ void conn_close(struct conn *c)
         sqlite3_finalize(c->cache[i].st);
         free(c->cache[i].sql);
     }
+    sqlite3_finalize(c->begin);
+    sqlite3_finalize(c->commit);
     sqlite3_close(c->db);
     memset(c, 0, sizeof(*c));
 }
@@ -59,7 +61,10 @@ sqlite3_stmt *conn_stmt(struct conn *c, const char *sql)
     if (c->snapshot && !c->in_txn) {
         /* a deferred BEGIN: the snapshot is taken by the first read, so
          * reads until conn_end_snapshot cost no locking syscalls */
-        if (sqlite3_exec(c->db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK) c->in_txn = 1;
+        if (!c->begin)
+            sqlite3_prepare_v3(c->db, "BEGIN", -1, SQLITE_PREPARE_PERSISTENT, &c->begin, NULL);
+        if (c->begin && sqlite3_step(c->begin) == SQLITE_DONE) c->in_txn = 1;
+        sqlite3_reset(c->begin);
     }
     for (int i = 0; i < STMT_CACHE; i++) {
         if (c->cache[i].sql && strcmp(c->cache[i].sql, sql) == 0) {
@@ -87,8 +92,12 @@ void conn_end_snapshot(struct conn *c)
 {
     if (!c->in_txn) return;
     for (sqlite3_stmt *s = sqlite3_next_stmt(c->db, NULL); s; s = sqlite3_next_stmt(c->db, s))
-        if (sqlite3_stmt_busy(s)) sqlite3_reset(s);
-    sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
+        if (s != c->commit && sqlite3_stmt_busy(s)) sqlite3_reset(s);
+    if (!c->commit)
+        sqlite3_prepare_v3(c->db, "COMMIT", -1, SQLITE_PREPARE_PERSISTENT, &c->commit, NULL);
+    if (!c->commit || sqlite3_step(c->commit) != SQLITE_DONE)
+        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL); /* a read-only snapshot: same effect */
+    sqlite3_reset(c->commit);
     c->in_txn = 0;
 }
 

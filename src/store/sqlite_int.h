@@ -21,6 +21,7 @@ struct conn {
     uint64_t nstmt; /* statements handed out: SQL executed on this connection */
     int snapshot;   /* reads share one transaction until conn_end_snapshot */
     int in_txn;
+    sqlite3_stmt *begin, *commit; /* the snapshot's, prepared once */
 };
 
 int conn_open(struct conn *c, const char *path, int readonly, char *err, size_t errlen);
