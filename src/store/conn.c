@@ -13,12 +13,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-int conn_open(struct conn *c, const char *path, int readonly, char *err, size_t errlen)
+int conn_open(struct conn *c, const char *path, enum conn_mode mode, char *err, size_t errlen)
 {
     memset(c, 0, sizeof(*c));
+    int readonly = mode == CONN_RO;
     int flags = readonly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
     flags |= SQLITE_OPEN_NOMUTEX; /* each connection has one owning thread */
-    if (sqlite3_open_v2(path, &c->db, flags, NULL) != SQLITE_OK) {
+    if (sqlite3_open_v2(path, &c->db, flags, mode == CONN_WRITER ? walvfs_name() : NULL) !=
+        SQLITE_OK) {
         snprintf(err, errlen, "cannot open %s: %s", path,
                  c->db ? sqlite3_errmsg(c->db) : "out of memory");
         sqlite3_close(c->db);

@@ -23,14 +23,18 @@ struct store *store_open(const char *dir, char *err, size_t errlen)
         sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
         configured = 1;
     }
+    if (walvfs_register() != SQLITE_OK) {
+        snprintf(err, errlen, "cannot register the loopd-wal SQLite VFS");
+        return NULL;
+    }
     struct store *st = xcalloc(1, sizeof(*st));
     snprintf(st->path, sizeof(st->path), "%s/loopd.db", dir);
     struct conn mig;
-    if (conn_open(&mig, st->path, 0, err, errlen)) goto fail;
+    if (conn_open(&mig, st->path, CONN_RW, err, errlen)) goto fail;
     int rc = schema_migrate(&mig, err, errlen);
     conn_close(&mig);
     if (rc) goto fail;
-    if (conn_open(&st->rd, st->path, 1, err, errlen)) goto fail;
+    if (conn_open(&st->rd, st->path, CONN_RO, err, errlen)) goto fail;
     st->rd.snapshot = 1;
     st->w = writer_start(st->path, err, errlen);
     if (!st->w) {
@@ -102,7 +106,7 @@ void store_metrics(struct store *st, struct store_metrics *m)
 static int admin_open(struct store *st, struct conn *c)
 {
     char err[256];
-    if (conn_open(c, st->path, 0, err, sizeof(err))) {
+    if (conn_open(c, st->path, CONN_RW, err, sizeof(err))) {
         fprintf(stderr, "level=error msg=\"%s\"\n", err);
         return -1;
     }

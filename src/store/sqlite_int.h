@@ -24,7 +24,22 @@ struct conn {
     sqlite3_stmt *begin, *commit; /* the snapshot's, prepared once */
 };
 
-int conn_open(struct conn *c, const char *path, int readonly, char *err, size_t errlen);
+/* CONN_RW: read-write; CONN_RO: read-only; CONN_WRITER: read-write through
+ * the loopd-wal VFS (walvfs.c: WAL appends gathered into one write, no
+ * sync of a log this handle did not write), for the writer thread's and the
+ * checkpointer's connections only. */
+enum conn_mode { CONN_RW, CONN_RO, CONN_WRITER };
+int conn_open(struct conn *c, const char *path, enum conn_mode mode, char *err, size_t errlen);
+/* walvfs.c: registers the "loopd-wal" VFS (idempotent; before threads start) */
+int walvfs_register(void);
+const char *walvfs_name(void);
+/* what the loopd-wal VFS did to WAL files, since the start (for tests) */
+struct walvfs_stats {
+    unsigned long writes;        /* writes handed to the file system */
+    unsigned long syncs;         /* syncs handed to the file system */
+    unsigned long syncs_skipped; /* syncs of a handle that wrote nothing since */
+};
+void walvfs_get_stats(struct walvfs_stats *out);
 void conn_close(struct conn *c);
 /* A prepared, reset statement for sql (cached by text). NULL on error. */
 sqlite3_stmt *conn_stmt(struct conn *c, const char *sql);

@@ -102,7 +102,7 @@ static void *checkpointer_main(void *arg)
     struct writer *w = arg;
     struct conn c;
     char err[256];
-    if (conn_open(&c, w->path, 0, err, sizeof(err))) {
+    if (conn_open(&c, w->path, CONN_WRITER, err, sizeof(err))) {
         fprintf(stderr, "level=error msg=\"checkpointer: %s\"\n", err);
         return NULL;
     }
@@ -231,7 +231,7 @@ static void *writer_main(void *arg)
 struct writer *writer_start(const char *path, char *err, size_t errlen)
 {
     struct writer *w = xcalloc(1, sizeof(*w));
-    if (conn_open(&w->c, path, 0, err, errlen)) {
+    if (conn_open(&w->c, path, CONN_WRITER, err, errlen)) {
         free(w);
         return NULL;
     }
