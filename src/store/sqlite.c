@@ -78,6 +78,7 @@ void store_drain(struct store *st)
 void store_end_reads(struct store *st)
 {
     conn_end_snapshot(&st->rd);
+    writer_release(st->w);
 }
 
 long store_pending(struct store *st)

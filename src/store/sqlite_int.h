@@ -78,6 +78,8 @@ int writer_fd(struct writer *w);
 enum ld_err writer_submit(struct writer *w, struct store_op *op);
 void writer_drain(struct writer *w);
 long writer_pending(struct writer *w);
+/* hands the ops submitted since the last call to the thread (loop thread) */
+void writer_release(struct writer *w);
 void writer_quiesce(struct writer *w);
 void writer_flush(struct writer *w);
 void writer_metrics(struct writer *w, struct store_metrics *m);

@@ -112,7 +112,8 @@ void store_drain(struct store *st);
 /* Reads on the loop share one snapshot (one read transaction, so no
  * locking syscalls per statement) until this is called: at the end of each
  * loop iteration and before write completions are delivered, so a write
- * acknowledged to anyone is visible to every later read. */
+ * acknowledged to anyone is visible to every later read.  It also hands
+ * the writes submitted since the last call to the writer, together. */
 void store_end_reads(struct store *st);
 /* Ops queued or running. */
 long store_pending(struct store *st);
