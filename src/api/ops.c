@@ -129,6 +129,7 @@ void h_harness_get(struct req *r)
         reply_problem(r, e, e == LD_E_NOT_FOUND ? "Harness not found" : "Storage error");
         return;
     }
+    h.session_count = store_harness_sessions(r->st, h.id);
     struct buf b;
     buf_init(&b, LD_MAX_RESPONSE);
     struct jw w;

@@ -6,7 +6,8 @@
  *
  * Counters: session_counts keeps per-org, per-status counts in step with
  * the sessions table through triggers, so `total` of an unfiltered list
- * and /v1/sessions/stats are O(1) at any number of sessions.
+ * and /v1/sessions/stats are O(1) at any number of sessions;
+ * resource_session_counts does the same per harness and per agent.
  */
 #include "store/sqlite_int.h"
 #include <stdio.h>
@@ -102,6 +103,28 @@ static const char *const migrations[] = {
     "CREATE TRIGGER sessions_ad_tools AFTER DELETE ON sessions BEGIN"
     "  DELETE FROM session_kv WHERE session_id = old.id;"
     "  DELETE FROM session_files WHERE session_id = old.id;"
+    "END;",
+    /* 4: sessions per harness and per agent (`session_count` of
+     * ResourceWithCounts), kept by triggers like session_counts: counting
+     * on read was a scan of every session for a harness (no index on
+     * harness_id) and of every session of each listed agent.  A session's
+     * harness and agent never change, so inserts and deletes are enough.
+     * IDs are unique across kinds (their prefix says which). */
+    "CREATE TABLE resource_session_counts(resource_id TEXT PRIMARY KEY,"
+    "  n INTEGER NOT NULL) WITHOUT ROWID;"
+    "INSERT INTO resource_session_counts(resource_id, n)"
+    "  SELECT harness_id, count(*) FROM sessions GROUP BY harness_id;"
+    "INSERT INTO resource_session_counts(resource_id, n)"
+    "  SELECT agent_id, count(*) FROM sessions WHERE agent_id IS NOT NULL GROUP BY agent_id;"
+    "CREATE TRIGGER sessions_ai_resources AFTER INSERT ON sessions BEGIN"
+    "  INSERT INTO resource_session_counts(resource_id, n) VALUES(new.harness_id, 1)"
+    "    ON CONFLICT(resource_id) DO UPDATE SET n = n + 1;"
+    "  INSERT INTO resource_session_counts(resource_id, n) SELECT new.agent_id, 1"
+    "    WHERE new.agent_id IS NOT NULL ON CONFLICT(resource_id) DO UPDATE SET n = n + 1;"
+    "END;"
+    "CREATE TRIGGER sessions_ad_resources AFTER DELETE ON sessions BEGIN"
+    "  UPDATE resource_session_counts SET n = n - 1"
+    "    WHERE resource_id = old.harness_id OR resource_id = old.agent_id;"
     "END;",
 };
 #define NMIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))

@@ -607,11 +607,14 @@ static void read_agent(sqlite3_stmt *s, struct arena *a, struct agent_rec *r)
     if (!r->extra) r->extra = "{}";
 }
 
+/* kept by triggers (schema.c, migration 4) */
+#define AGENT_SESSIONS                                                                             \
+    "coalesce((SELECT n FROM resource_session_counts WHERE resource_id = a.id), 0)"
+
 enum ld_err store_agent_get(struct store *st, const char *org_id, const char *id_or_name,
                             struct arena *a, struct agent_rec *out)
 {
-    sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT " AGENT_COLS ", (SELECT count(*) FROM sessions"
-                                         " x WHERE x.org_id = a.org_id AND x.agent_id = a.id)"
+    sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT " AGENT_COLS ", " AGENT_SESSIONS
                                          " FROM agents a WHERE a.org_id = ?1 AND"
                                          " (a.id = ?2 OR a.name = ?2)");
     if (!s) return LD_E_STORAGE;
@@ -644,8 +647,8 @@ enum ld_err store_agent_list(struct store *st, const char *org_id, const char *s
     *total = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
     sqlite3_reset(s);
     snprintf(sql, sizeof(sql),
-             "SELECT " AGENT_COLS ", (SELECT count(*) FROM sessions x WHERE x.org_id = a.org_id"
-             " AND x.agent_id = a.id) FROM agents a%s ORDER BY a.created_at DESC, a.id DESC"
+             "SELECT " AGENT_COLS ", " AGENT_SESSIONS " FROM agents a%s"
+             " ORDER BY a.created_at DESC, a.id DESC"
              " LIMIT ?4 OFFSET ?5",
              where);
     s = conn_stmt(&st->rd, sql);
@@ -669,6 +672,19 @@ enum ld_err store_agent_list(struct store *st, const char *org_id, const char *s
     "id, org_id, parent_id, default_model_id, name, display_name, description,"                    \
     " system_prompt, capabilities, tags, is_built_in, created_at, updated_at"
 
+/* kept by triggers (schema.c, migration 4), read each time: the harness
+ * itself is cached, its count changes */
+int64_t store_harness_sessions(struct store *st, const char *id)
+{
+    sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT n FROM resource_session_counts"
+                                         " WHERE resource_id = ?");
+    if (!s) return 0;
+    bind_text(s, 1, id);
+    int64_t n = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+    sqlite3_reset(s);
+    return n;
+}
+
 static void read_harness(sqlite3_stmt *s, struct arena *a, struct harness_rec *r)
 {
     memset(r, 0, sizeof(*r));
@@ -685,7 +701,6 @@ static void read_harness(sqlite3_stmt *s, struct arena *a, struct harness_rec *r
     r->is_built_in = sqlite3_column_int(s, 10);
     r->created_at = sqlite3_column_int64(s, 11);
     r->updated_at = sqlite3_column_int64(s, 12);
-    r->session_count = sqlite3_column_int64(s, 13);
 }
 
 static char *dup_opt(const char *s)
@@ -747,9 +762,11 @@ static void harness_cache_free(struct store *st)
 enum ld_err store_harness_list(struct store *st, const char *org_id, const char *search,
                                struct arena *a, struct harness_rec **rows, int *nrows)
 {
-    sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT " HARNESS_COLS " FROM harnesses WHERE"
-                                         " org_id = ?1 AND (?2 IS NULL OR instr(lower(name),"
-                                         " lower(?2)) > 0) ORDER BY created_at, name LIMIT 1000");
+    sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT " HARNESS_COLS ", coalesce((SELECT n FROM"
+                                         " resource_session_counts WHERE resource_id = id), 0)"
+                                         " FROM harnesses WHERE org_id = ?1 AND (?2 IS NULL OR"
+                                         " instr(lower(name), lower(?2)) > 0)"
+                                         " ORDER BY created_at, name LIMIT 1000");
     if (!s) return LD_E_STORAGE;
     bind_text(s, 1, org_id);
     bind_text_opt(s, 2, search);
@@ -763,7 +780,8 @@ enum ld_err store_harness_list(struct store *st, const char *org_id, const char 
             *rows = n;
             cap *= 2;
         }
-        read_harness(s, a, &(*rows)[(*nrows)++]);
+        read_harness(s, a, &(*rows)[*nrows]);
+        (*rows)[(*nrows)++].session_count = sqlite3_column_int64(s, 13);
     }
     sqlite3_reset(s);
     return LD_OK;

@@ -184,6 +184,9 @@ enum ld_err store_harness_get(struct store *st, const char *org_id, const char *
                               struct arena *a, struct harness_rec *out);
 enum ld_err store_harness_list(struct store *st, const char *org_id, const char *search,
                                struct arena *a, struct harness_rec **rows, int *nrows);
+/* Sessions on a harness (its session_count; store_harness_get, which the
+ * hot paths call, leaves it 0 and serves a cache).  List rows have it. */
+int64_t store_harness_sessions(struct store *st, const char *harness_id);
 
 enum ld_err store_idem_get(struct store *st, const char *org_id, const char *key, struct arena *a,
                            struct idem_rec *out);

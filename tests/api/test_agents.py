@@ -1,5 +1,7 @@
 """Agents (section 19.1) and harnesses (section 19.2)."""
+import os
 import secrets
+import sqlite3
 import uuid
 
 import pytest
@@ -267,3 +269,45 @@ def test_harnesses_per_org(api, org2):
     s = c2.create_session()
     assert s["harness_id"] == {h["name"]: h["id"] for h in r["data"]}["generic"]
     assert set(s["features"]) == GENERIC_FEATURES
+
+
+def test_session_counts_of_harnesses_and_agents(fresh_server):
+    """session_count follows creates and deletes, survives a restart, and is
+    rebuilt from the sessions when the counters are made (migration 4)."""
+    srv = fresh_server()
+    c = srv.client()
+
+    def counts():
+        listed = {h["id"]: h["session_count"] for h in expect(c.get("/v1/harnesses"), 200).json()["data"]}
+        for hid in (HARNESS_GENERIC, HARNESS_CHAT):
+            one = expect(c.get("/v1/harnesses/" + hid), 200).json()
+            validate(one, "WithUrls_ResourceWithCounts_Harness")
+            assert one["session_count"] == listed[hid]
+        agent = expect(c.get("/v1/agents/" + a["id"]), 200).json()
+        in_list = [x for x in expect(c.get("/v1/agents"), 200).json()["data"] if x["id"] == a["id"]]
+        assert in_list[0]["session_count"] == agent["session_count"]
+        return listed[HARNESS_GENERIC], listed[HARNESS_CHAT], agent["session_count"]
+
+    a = c.create_agent(uname())
+    assert counts() == (0, 0, 0)
+    plain = [c.create_session() for _ in range(3)]
+    c.create_session({"agent_id": a["id"]})
+    c.create_session({"agent_id": a["id"]})
+    expect(c.post("/v1/sessions/chat", {}), 200)
+    assert counts() == (5, 1, 2)
+    expect(c.delete("/v1/sessions/" + plain[0]["id"]), 204)
+    assert counts() == (4, 1, 2)
+
+    srv.restart()
+    c = srv.client()
+    assert counts() == (4, 1, 2)
+
+    # an older database: no counters yet; they are built from what is stored
+    srv.stop_clean()
+    db = sqlite3.connect(os.path.join(srv.data_dir, "loopd.db"))
+    db.executescript("DROP TRIGGER sessions_ai_resources; DROP TRIGGER sessions_ad_resources;"
+                     " DROP TABLE resource_session_counts; PRAGMA user_version = 3;")
+    db.close()
+    srv.start()
+    c = srv.client()
+    assert counts() == (4, 1, 2)
