@@ -13,10 +13,10 @@ and only the per-row fields are replaced:
                      before the template (so they sort after it, newest first)
   tags '[]', extra '{}', version 1, seq assigned by SQLite, singleton_key NULL
 
-The triggers maintain session_counts: they are dropped for the insert
-(faster), and session_counts is then corrected with one UPSERT that adds
-what the AFTER INSERT trigger would have added, then the triggers are
-re-created from their saved SQL -- all in one transaction.
+The triggers maintain session_counts and resource_session_counts: they are
+dropped for the insert (faster), and the counts are then corrected with one
+UPSERT each that adds what the AFTER INSERT triggers would have added, then
+the triggers are re-created from their saved SQL -- all in one transaction.
 """
 import random
 import sqlite3
@@ -85,8 +85,10 @@ def main():
     triggers = db.execute(
         "SELECT name, sql FROM sqlite_master WHERE type='trigger' AND tbl_name='sessions'").fetchall()
     ai = [s for nm, s in triggers if "AFTER INSERT" in s.upper()]
-    if len(ai) != 1 or "session_counts" not in ai[0]:
-        sys.exit("seed: expected one AFTER INSERT trigger on sessions maintaining session_counts")
+    known = {"sessions_ai", "sessions_ai_resources"}  # session_counts, resource_session_counts
+    if {nm for nm, s in triggers if "AFTER INSERT" in s.upper()} != known:
+        sys.exit("seed: expected the AFTER INSERT triggers %s on sessions; update bench/seed.py"
+                 % sorted(known))
     before = dict(((o, s), c) for o, s, c in db.execute("SELECT org_id, status, n FROM session_counts"))
 
     # one big append: a rollback journal in memory instead of a 600 MB WAL written
@@ -100,6 +102,11 @@ def main():
     db.execute("INSERT INTO session_counts(org_id, status, n) VALUES(?, ?, ?)"
                " ON CONFLICT(org_id, status) DO UPDATE SET n = n + excluded.n",
                (fixed["org_id"], fixed["status"], n))
+    # and what sessions_ai_resources would have done: n more on the harness (and agent)
+    for rid in (fixed["harness_id"], fixed.get("agent_id")):
+        if rid:
+            db.execute("INSERT INTO resource_session_counts(resource_id, n) VALUES(?, ?)"
+                       " ON CONFLICT(resource_id) DO UPDATE SET n = n + excluded.n", (rid, n))
     for _, s in triggers:
         db.execute(s)
     db.execute("COMMIT")
@@ -111,6 +118,14 @@ def main():
     counts = {k: v for k, v in counts.items() if v}
     if real != counts:
         sys.exit("seed: session_counts %r does not match sessions %r" % (counts, real))
+    for col in ("harness_id", "agent_id"):
+        by = dict(db.execute("SELECT %s, count(*) FROM sessions WHERE %s IS NOT NULL"
+                             " GROUP BY %s" % (col, col, col)))
+        kept = dict(db.execute("SELECT resource_id, n FROM resource_session_counts"
+                               " WHERE resource_id IN (SELECT %s FROM sessions)" % col))
+        if by != kept:
+            sys.exit("seed: resource_session_counts %r does not match sessions by %s %r"
+                     % (kept, col, by))
     db.execute("PRAGMA journal_mode=WAL")
     db.close()
     tot = sum(real.values())
