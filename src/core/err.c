@@ -55,57 +55,64 @@ int ld_err_status(enum ld_err e)
     return 500;
 }
 
+/* RFC 9110 reason phrases (429 from RFC 6585, 431 likewise) */
+const char *ld_status_reason(int status)
+{
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 422:
+        return "Unprocessable Content";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    case 505:
+        return "HTTP Version Not Supported";
+    }
+    return "Unknown";
+}
+
+/* a problem's title is its status's reason phrase */
 const char *ld_err_title(enum ld_err e)
 {
-    switch (e) {
-    case LD_OK:
-        return "OK";
-    case LD_E_BAD_REQUEST:
-        return "Bad Request";
-    case LD_E_BAD_JSON:
-        return "Bad Request";
-    case LD_E_LIMIT:
-        return "Bad Request";
-    case LD_E_UNAUTHORIZED:
-        return "Unauthorized";
-    case LD_E_FORBIDDEN:
-        return "Forbidden";
-    case LD_E_NOT_FOUND:
-        return "Not Found";
-    case LD_E_METHOD:
-        return "Method Not Allowed";
-    case LD_E_TIMEOUT:
-        return "Request Timeout";
-    case LD_E_CONFLICT:
-        return "Conflict";
-    case LD_E_PRECONDITION:
-        return "Precondition Failed";
-    case LD_E_TOO_LARGE:
-        return "Content Too Large";
-    case LD_E_MEDIA_TYPE:
-        return "Unsupported Media Type";
-    case LD_E_UNPROCESSABLE:
-        return "Unprocessable Content";
-    case LD_E_HEADERS_TOO_LARGE:
-        return "Request Header Fields Too Large";
-    case LD_E_RATE_LIMITED:
-        return "Too Many Requests";
-    case LD_E_INTERNAL:
-        return "Internal Server Error";
-    case LD_E_UNAVAILABLE:
-        return "Service Unavailable";
-    case LD_E_STORAGE:
-        return "Internal Server Error";
-    case LD_E_NOT_IMPLEMENTED:
-        return "Not Implemented";
-    case LD_E_URI_TOO_LONG:
-        return "URI Too Long";
-    case LD_E_VERSION:
-        return "HTTP Version Not Supported";
-    case LD_E__COUNT:
-        break;
-    }
-    return "Internal Server Error";
+    return ld_status_reason(ld_err_status(e));
 }
 
 const char *ld_err_code(enum ld_err e)

@@ -1,8 +1,9 @@
 /*
  * err.h — the one error vocabulary of loopd (in the manner of curl's
- * CURLcode).  core/ and store/ return an `enum ld_err`; http/problem.c maps
- * each code to an HTTP status, title and problem `code` in one switch with
- * no default, so -Wall -Werror catches a code without a mapping.  The human
+ * CURLcode).  core/ and store/ return an `enum ld_err`; core/err.c maps
+ * each code to an HTTP status and problem `code` in switches with no
+ * default, so -Wall -Werror catches a code without a mapping; the title is
+ * the status's reason phrase (ld_status_reason, also the status line's).  The human
  * detail travels separately as one bounded line.  Codes are never
  * renumbered; retired ones stay as LD_E_OBSOLETEn.
  */
@@ -36,7 +37,8 @@ enum ld_err {
 };
 
 int ld_err_status(enum ld_err e);
-const char *ld_err_title(enum ld_err e);
-const char *ld_err_code(enum ld_err e); /* stable snake_case code */
+const char *ld_err_title(enum ld_err e);  /* = ld_status_reason(ld_err_status(e)) */
+const char *ld_status_reason(int status); /* "Unknown" for a status loopd never sends */
+const char *ld_err_code(enum ld_err e);   /* stable snake_case code */
 
 #endif

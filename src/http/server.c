@@ -332,59 +332,6 @@ struct loop *server_loop(struct server *s)
 
 /* ---- answers ---- */
 
-static const char *reason(int status)
-{
-    switch (status) {
-    case 100:
-        return "Continue";
-    case 200:
-        return "OK";
-    case 201:
-        return "Created";
-    case 204:
-        return "No Content";
-    case 304:
-        return "Not Modified";
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 403:
-        return "Forbidden";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 408:
-        return "Request Timeout";
-    case 409:
-        return "Conflict";
-    case 412:
-        return "Precondition Failed";
-    case 413:
-        return "Content Too Large";
-    case 414:
-        return "URI Too Long";
-    case 415:
-        return "Unsupported Media Type";
-    case 422:
-        return "Unprocessable Content";
-    case 429:
-        return "Too Many Requests";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 500:
-        return "Internal Server Error";
-    case 501:
-        return "Not Implemented";
-    case 503:
-        return "Service Unavailable";
-    case 505:
-        return "HTTP Version Not Supported";
-    }
-    return "Unknown";
-}
-
 static void start_write(struct hconn *c);
 static void schedule(struct hconn *c);
 static void req_free(struct server *s, struct req *r);
@@ -399,7 +346,7 @@ static struct resp *resp_new(int status, const char *ctype)
     buf_puts(&p->head, "HTTP/1.1 ");
     buf_i64(&p->head, status);
     buf_putc(&p->head, ' ');
-    buf_puts(&p->head, reason(status));
+    buf_puts(&p->head, ld_status_reason(status));
     buf_puts(&p->head, "\r\n");
     if (ctype) {
         buf_puts(&p->head, "Content-Type: ");

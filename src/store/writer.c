@@ -68,12 +68,12 @@ struct writer {
     struct store_op *staged, *staged_tail;
     long nstaged;
     int wal_frames; /* writer thread only */
-    /* the restart handshake (see wal_catch_up), under `mu` */
+    /* the restart handshake (see wal_catch_up), under `mu` but ckpt_want */
     int ckpt_force;    /* the writer wants a checkpoint now */
     long ckpt_started; /* checkpointer runs begun */
     long ckpt_done;    /* ... and finished */
     int ckpt_copied;   /* frames the last finished run left copied */
-    long ckpt_want;    /* writer: the run it waits for (0: none) */
+    long ckpt_want;    /* the run the writer waits for (0: none; writer thread only) */
 };
 
 static void finish_batch(struct writer *w, struct store_op *batch, struct store_op *last, int n,
