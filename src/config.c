@@ -75,6 +75,9 @@ static const struct opt opts[] = {
      "seconds one model call attempt may take"},
     {"llm-retries", OPT_LONG, O(llm_retries), 0, 0, 10, "3", NULL,
      "retries of a model call on 429/5xx/connection errors, with backoff"},
+    {"delta-interval-ms", OPT_LONG, O(delta_interval_ms), 0, 0, 10000, "100", NULL,
+     "a real model's streamed text is gathered this long into one output.message.delta "
+     "(0: one event per provider chunk)"},
     {"sse-heartbeat", OPT_LONG, O(sse_heartbeat), 0, 1, 3600, "15", NULL,
      "seconds between SSE heartbeat comments"},
     {"sse-cycle", OPT_LONG, O(sse_cycle), 0, 1, 86400, "300", NULL,

@@ -37,8 +37,9 @@ struct config {
     char anthropic_models[512];
     long llm_timeout; /* seconds per model call attempt */
     long llm_retries;
-    long sse_heartbeat; /* seconds between `: heartbeat` comments */
-    long sse_cycle;     /* seconds before a stream is cycled (+-20 %) */
+    long delta_interval_ms; /* streamed text gathered per output.message.delta */
+    long sse_heartbeat;     /* seconds between `: heartbeat` comments */
+    long sse_cycle;         /* seconds before a stream is cycled (+-20 %) */
 };
 
 /* Fills defaults, then the environment, then argv (flags win).  Returns 0,

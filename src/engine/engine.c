@@ -74,11 +74,13 @@ struct turn {
     struct arena arena; /* the plan's strings */
     struct sim_plan plan;
     int delta_i;
-    struct buf acc; /* accumulated answer */
+    struct buf acc;  /* accumulated answer */
+    struct buf pend; /* streamed text not yet in a delta event (real drivers) */
     struct loop_timer *timer;
-    struct llm_call *call; /* a model call in flight (real drivers) */
-    char model_id[ID_MAX]; /* controls.model_id of the message that started it */
-    int refs;              /* batches in flight that point here */
+    struct loop_timer *pend_timer; /* emits `pend` when due */
+    struct llm_call *call;         /* a model call in flight (real drivers) */
+    char model_id[ID_MAX];         /* controls.model_id of the message that started it */
+    int refs;                      /* batches in flight that point here */
     struct pending_call calls[SIM_MAX_CALLS];
     int ncalls;
     struct buf results; /* "name: result" of this turn's tool calls, for the model */
@@ -120,6 +122,7 @@ struct engine {
     struct llm_provider openai, anthropic;
     struct live *buckets[LIVE_BUCKETS];
     long running;
+    long delta_ms; /* --delta-interval-ms */
 };
 
 /* a posted message with a client_message_id, until it is durable; repeats
@@ -531,9 +534,11 @@ static void turn_release(struct engine *e, struct turn *t)
     if (--t->refs > 0) return;
     if (t->state != T_DONE && t->state != T_CANCELLED) return;
     if (t->timer) loop_timer_cancel(e->loop, t->timer);
+    if (t->pend_timer) loop_timer_cancel(e->loop, t->pend_timer);
     if (t->ls->turn == t) t->ls->turn = NULL;
     turn_free_calls(t);
     buf_free(&t->acc);
+    buf_free(&t->pend);
     buf_free(&t->results);
     arena_free(&t->arena);
     free(t);
@@ -557,6 +562,7 @@ static struct turn *turn_new(struct engine *e, struct live *ls, const char *inpu
     t->refs = 1; /* the live record's reference, dropped at DONE */
     arena_init(&t->arena);
     buf_init(&t->acc, LD_MAX_RESPONSE);
+    buf_init(&t->pend, LD_MAX_RESPONSE);
     buf_init(&t->results, 64 * 1024);
     ls->turn = t;
     e->running++;
@@ -1027,13 +1033,50 @@ static void hist_add(const char *json, void *ud)
     json_decref(m);
 }
 
+/*
+ * A real model streams its answer in chunks of a token or a few.  One event
+ * per chunk would make one durable write per token, and since every delta
+ * carries the whole text so far (`accumulated`), a stored answer would grow
+ * with the square of its length.  So the text is gathered for
+ * --delta-interval-ms (100 ms, as Everruns batches) and goes out as one
+ * delta; whatever is gathered goes out before anything else the turn
+ * emits (the answer's end, a failure, a cancel).
+ */
+static struct batch *pending_delta(struct engine *e, struct turn *t, struct batch *b)
+{
+    if (t->pend_timer) {
+        loop_timer_cancel(e->loop, t->pend_timer);
+        t->pend_timer = NULL;
+    }
+    if (t->pend.len == 0) return b;
+    if (!b) b = batch_new(e, t->ls, t);
+    delta_event(b, t, t->pend.data);
+    buf_reset(&t->pend);
+    return b;
+}
+
+static void pending_due(void *ud)
+{
+    struct turn *t = ud;
+    t->pend_timer = NULL;
+    if (t->state != T_THINKING) return;
+    struct batch *b = pending_delta(g_engine, t, NULL);
+    if (b) batch_submit(b);
+}
+
 static void call_delta(void *ud, const char *delta)
 {
     struct turn *t = ud;
+    struct engine *e = g_engine;
     if (t->state != T_THINKING) return;
-    struct batch *b = batch_new(g_engine, t->ls, t);
-    delta_event(b, t, delta);
-    batch_submit(b);
+    if (e->delta_ms <= 0) {
+        struct batch *b = batch_new(e, t->ls, t);
+        delta_event(b, t, delta);
+        batch_submit(b);
+        return;
+    }
+    buf_puts(&t->pend, delta);
+    if (!t->pend_timer) t->pend_timer = loop_timer_add(e->loop, e->delta_ms, pending_due, t);
 }
 
 static void call_done(void *ud, const struct llm_result *r)
@@ -1061,7 +1104,7 @@ static void call_done(void *ud, const struct llm_result *r)
             c->name = arena_strdup(&t->arena, r->calls[i].name);
             c->arguments = arena_strdup(&t->arena, r->calls[i].arguments);
         }
-        step_finish(e, t, NULL);
+        step_finish(e, t, pending_delta(e, t, NULL));
     }
     turn_release(e, t); /* the call's reference */
 }
@@ -1540,7 +1583,8 @@ void engine_cancel(struct engine *e, const struct session_rec *s, engine_cancel_
         t->call = NULL;
         t->refs--;
     }
-    struct batch *b = batch_new(e, ls, t);
+    /* the text streamed so far goes out before the cancel */
+    struct batch *b = pending_delta(e, t, batch_new(e, ls, t));
     b->cb = (void *)(void (*)(void))fn;
     b->cb_ud = ud;
     int64_t now = time_now_us();
@@ -1610,6 +1654,7 @@ struct engine *engine_new(struct store *st, struct loop *l, const struct config 
     e->st = st;
     e->loop = l;
     e->llm = llm_new(l, cfg->llm_timeout * 1000, (int)cfg->llm_retries);
+    e->delta_ms = cfg->delta_interval_ms;
     e->openai = (struct llm_provider){"openai", cfg->openai_base_url, cfg->openai_api_key};
     e->anthropic =
         (struct llm_provider){"anthropic", cfg->anthropic_base_url, cfg->anthropic_api_key};
@@ -1626,8 +1671,10 @@ void engine_free(struct engine *e)
             e->buckets[i] = l->next;
             if (l->turn) {
                 if (l->turn->timer) loop_timer_cancel(e->loop, l->turn->timer);
+                if (l->turn->pend_timer) loop_timer_cancel(e->loop, l->turn->pend_timer);
                 turn_free_calls(l->turn);
                 buf_free(&l->turn->acc);
+                buf_free(&l->turn->pend);
                 buf_free(&l->turn->results);
                 arena_free(&l->turn->arena);
                 free(l->turn);

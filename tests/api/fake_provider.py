@@ -7,6 +7,9 @@ What it answers is chosen by the last user message's text:
   "flaky:NNN"        HTTP NNN the first time, then a normal answer
   "garbage"          a malformed chunk
   "slow"             never finishes (for timeouts and cancel)
+  "burst:N"          N chunks "w0 ", "w1 ", ... sent at once, with usage
+  "hold"             the chunk "held ", then waits for `release` (set
+                     `held` once that chunk is sent), then "released"
   anything else      "echo: <text>" in three chunks, with usage
 Every request body is recorded in `requests`.
 """
@@ -21,6 +24,8 @@ class Fake:
         self.requests = []
         self.seen = {}
         self.stop_slow = threading.Event()
+        self.held = threading.Event()
+        self.release = threading.Event()
         fake = self
 
         class H(BaseHTTPRequestHandler):
@@ -95,16 +100,26 @@ class Fake:
                 else:
                     text = "echo: " + last
                     parts = [text[:5], text[5:10], text[10:]]
+                    if last.startswith("burst:"):
+                        parts = ["w%d " % i for i in range(int(last.split(":")[1]))]
+                    elif last == "hold":
+                        parts = ["held ", None, "released"]
                     if anthropic:
                         send({"type": "message_start", "message": {"usage": {"input_tokens": 20,
                               "cache_read_input_tokens": 4}}})
                         for p in parts:
+                            if p is None:
+                                fake.hold()
+                                continue
                             send({"type": "content_block_delta", "index": 0,
                                   "delta": {"type": "text_delta", "text": p}})
                         send({"type": "message_delta", "usage": {"output_tokens": 7}})
                         send({"type": "message_stop"})
                     else:
                         for p in parts:
+                            if p is None:
+                                fake.hold()
+                                continue
                             send({"choices": [{"delta": {"content": p}}]})
                         send({"choices": [], "usage": {"prompt_tokens": 24, "completion_tokens": 7,
                               "prompt_tokens_details": {"cached_tokens": 4}}})
@@ -118,11 +133,17 @@ class Fake:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
+    def hold(self):
+        """Between the chunks of a "hold" answer: tell the test, wait for it."""
+        self.held.set()
+        self.release.wait(30)
+
     @property
     def base(self):
         return "http://127.0.0.1:%d/v1" % self.port
 
     def close(self):
         self.stop_slow.set()
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()

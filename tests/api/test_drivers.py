@@ -26,7 +26,8 @@ def srv(fake):
     from conftest import start_server
     s = start_server(["--openai-base-url", fake.base, "--openai-models", "gpt-fake",
                       "--anthropic-base-url", fake.base, "--anthropic-models", "claude-fake",
-                      "--llm-timeout", "2", "--llm-retries", "2"],
+                      "--llm-timeout", "2", "--llm-retries", "2",
+                      "--delta-interval-ms", "0"],  # one event per chunk: counts are exact
                      env={"LOOPD_OPENAI_API_KEY": "sk-test-openai",
                           "LOOPD_ANTHROPIC_API_KEY": "sk-test-anthropic"})
     yield s
@@ -200,3 +201,107 @@ def test_parallel_tool_calls_setting_reaches_openai(srv, fake):
     post_message(c, sid, "hello")
     wait_turn_end(c, sid)
     assert "parallel_tool_calls" not in fake.requests[-1]["body"]
+
+
+# ---- gathering streamed text into delta events (--delta-interval-ms) ----
+
+def _gathering_server(fake, interval_ms):
+    from conftest import start_server
+    return start_server(["--openai-base-url", fake.base, "--openai-models", "gpt-fake",
+                         "--anthropic-base-url", fake.base, "--anthropic-models", "claude-fake",
+                         "--llm-timeout", "20", "--delta-interval-ms", str(interval_ms)],
+                        env={"LOOPD_OPENAI_API_KEY": "sk-test-openai",
+                             "LOOPD_ANTHROPIC_API_KEY": "sk-test-anthropic"})
+
+
+@pytest.fixture(scope="module")
+def srv_gather(fake):
+    """An interval no test call lasts: only the answer's end emits the text."""
+    s = _gathering_server(fake, 10000)
+    yield s
+    s.stop_clean()
+
+
+@pytest.fixture(scope="module")
+def srv_tick(fake):
+    s = _gathering_server(fake, 20)
+    yield s
+    s.stop_clean()
+
+
+def _deltas(evs):
+    return [e["data"] for e in evs if e["type"] == "output.message.delta"]
+
+
+def _check_accumulated(deltas):
+    acc = ""
+    for d in deltas:
+        acc += d["delta"]
+        assert d["accumulated"] == acc
+
+
+@pytest.mark.parametrize("provider,name", PROVIDERS)
+def test_a_burst_of_chunks_is_one_delta_event(srv_gather, provider, name):
+    c = srv_gather.client()
+    sid = session(c, provider, name)
+    post_message(c, sid, "burst:200")
+    evs = wait_turn_end(c, sid)
+    text = "".join("w%d " % i for i in range(200))
+    deltas = _deltas(evs)
+    assert len(deltas) == 1, [d["delta"] for d in deltas]
+    assert deltas[0]["delta"] == text and deltas[0]["accumulated"] == text
+    done = [e for e in evs if e["type"] == "output.message.completed"][-1]
+    assert done["data"]["message"]["content"][0]["text"] == text
+    t = [e["type"] for e in evs]
+    assert t.index("output.message.delta") < t.index("output.message.completed")
+    for e in evs:
+        validate(e, "TypedEvent")
+    msgs = expect(c.get("/v1/sessions/%s/messages" % sid), 200).json()["data"]
+    assert msgs[-1]["role"] == "agent" and msgs[-1]["content"][0]["text"] == text
+
+
+@pytest.mark.parametrize("provider,name", PROVIDERS)
+def test_gathered_text_is_emitted_while_the_stream_is_still_open(srv_tick, fake, provider, name):
+    c = srv_tick.client()
+    sid = session(c, provider, name)
+    fake.held.clear()
+    fake.release.clear()
+    try:
+        post_message(c, sid, "hold")
+        # the provider holds its stream open after "held ": only the
+        # interval's timer can emit that text now
+        evs = wait_for(lambda: (lambda evs: evs if _deltas(evs) else None)(get_events(c, sid)),
+                       what="the held text as a delta")
+        assert fake.held.is_set() and not fake.release.is_set()
+        assert [d["delta"] for d in _deltas(evs)] == ["held "]
+        assert not any(e["type"] == "turn.completed" for e in evs)
+        assert get_session(c, sid)["status"] == "active"
+    finally:
+        fake.release.set()
+    evs = wait_turn_end(c, sid)
+    deltas = _deltas(evs)
+    assert "".join(d["delta"] for d in deltas) == "held released"
+    _check_accumulated(deltas)
+
+
+def test_cancel_emits_gathered_text_before_the_cancel(srv_gather, fake):
+    c = srv_gather.client()
+    sid = session(c, "openai", "gpt-fake")
+    fake.held.clear()
+    fake.release.clear()
+    try:
+        post_message(c, sid, "hold")
+        wait_for(fake.held.is_set, what="the provider to send the first chunk")
+        expect(c.post("/v1/sessions/%s/cancel" % sid), 200)
+    finally:
+        fake.release.set()
+    evs = wait_turn_end(c, sid)
+    t = [e["type"] for e in evs]
+    assert "turn.cancelled" in t and "turn.completed" not in t
+    deltas = _deltas(evs)
+    # loopd may or may not have read the chunk before the cancel; if it did,
+    # the text comes out before the cancel, never after it
+    assert [d["delta"] for d in deltas] in ([], ["held "])
+    if deltas:
+        assert t.index("output.message.delta") < t.index("turn.cancelled")
+    _check_accumulated(deltas)
