@@ -329,6 +329,9 @@ int event_cursor(struct req *r, const char *session_id, int sse, int64_t *after)
 
 /* ---- GET events ---- */
 
+#define EVENTS_PAGE 500       /* rows read from the store at a time */
+#define EVENTS_LIST_MAX 10000 /* events in one answer without `limit` */
+
 void h_events_list(struct req *r)
 {
     struct session_rec s;
@@ -361,47 +364,88 @@ void h_events_list(struct req *r)
     buf_init(&b, LD_MAX_RESPONSE);
     buf_puts(&b, "{\"data\":[");
     int n_out = 0;
-    int64_t total = 0;
-    /* walk the log in pages; keep the last `limit` matches when limited */
-    struct event_rec *keep = NULL;
-    int nkeep = 0, capkeep = 0;
-    for (int64_t cur = after;;) {
-        struct event_rec *rows;
-        int n;
-        if (store_events_page(r->st, s.id, cur, 0, 500, 0, &r->arena, &rows, &n) != LD_OK) {
-            buf_free(&b);
-            reply_problem(r, LD_E_STORAGE, "Storage error");
-            return;
-        }
-        for (int i = 0; i < n; i++) {
-            cur = rows[i].seq;
-            if (!event_filter_match(&f, rows[i].type)) continue;
-            if (strcmp(rows[i].type, "output.message.delta") != 0) total++;
-            if (!limit) {
-                if (n_out++) buf_putc(&b, ',');
-                buf_puts(&b, rows[i].body);
-                continue;
+    char next_id[ID_MAX] = "";
+    /* The log is read a page at a time, each page in its own arena, so a
+     * request holds at most one page and what it answers, whatever the
+     * session's length. */
+    if (limit) {
+        /* the newest `limit` matches: read backwards from the end */
+        struct event_rec *keep = arena_alloc(&r->arena, sizeof(*keep) * (size_t)limit);
+        int nkeep = 0;
+        for (int64_t upto = 0; nkeep < limit;) {
+            struct arena pa;
+            arena_init(&pa);
+            struct event_rec *rows;
+            int n;
+            if (store_events_page(r->st, s.id, after, upto, EVENTS_PAGE, 1, &pa, &rows, &n) !=
+                LD_OK) {
+                arena_free(&pa);
+                buf_free(&b);
+                reply_problem(r, LD_E_STORAGE, "Storage error");
+                return;
             }
-            if (nkeep == capkeep) {
-                capkeep = capkeep ? capkeep * 2 : 64;
-                struct event_rec *g = arena_alloc(&r->arena, sizeof(*g) * (size_t)capkeep);
-                if (nkeep) memcpy(g, keep, sizeof(*g) * (size_t)nkeep);
-                keep = g;
-            }
-            keep[nkeep++] = rows[i];
+            for (int i = n - 1; i >= 0 && nkeep < limit; i--)
+                if (event_filter_match(&f, rows[i].type))
+                    keep[nkeep++].body = arena_strdup(&r->arena, rows[i].body);
+            upto = n ? rows[0].seq - 1 : 0;
+            arena_free(&pa);
+            if (n < EVENTS_PAGE || upto <= after) break;
         }
-        if (n < 500 || b.overflow) break;
-    }
-    if (limit)
-        for (int i = nkeep > limit ? nkeep - (int)limit : 0; i < nkeep; i++) {
+        for (int i = nkeep - 1; i >= 0; i--) {
             if (n_out++) buf_putc(&b, ',');
             buf_puts(&b, keep[i].body);
         }
+    } else {
+        /* from the cursor on, as much as one response holds; the rest is
+         * the `next` link's (since_id of the last event answered) */
+        int more = 0;
+        for (int64_t cur = after; !more;) {
+            struct arena pa;
+            arena_init(&pa);
+            struct event_rec *rows;
+            int n;
+            if (store_events_page(r->st, s.id, cur, 0, EVENTS_PAGE, 0, &pa, &rows, &n) != LD_OK) {
+                arena_free(&pa);
+                buf_free(&b);
+                reply_problem(r, LD_E_STORAGE, "Storage error");
+                return;
+            }
+            for (int i = 0; i < n && !more; i++) {
+                if (!event_filter_match(&f, rows[i].type)) continue;
+                if (n_out == EVENTS_LIST_MAX ||
+                    b.len + strlen(rows[i].body) + 64 > LD_MAX_RESPONSE) {
+                    more = 1;
+                    break;
+                }
+                if (n_out++) buf_putc(&b, ',');
+                buf_puts(&b, rows[i].body);
+                snprintf(next_id, sizeof(next_id), "%s", rows[i].id);
+            }
+            cur = n ? rows[n - 1].seq : cur;
+            arena_free(&pa);
+            if (n < EVENTS_PAGE) break;
+        }
+        if (!more) next_id[0] = 0;
+    }
     buf_puts(&b, "]}");
     char tc[24];
-    snprintf(tc, sizeof(tc), "%lld", (long long)total);
-    struct reply_header h = {"X-Total-Count", tc};
-    reply_json_h(r, 200, &b, &h, 1);
+    snprintf(tc, sizeof(tc), "%lld", (long long)store_events_total(r->st, s.id));
+    struct reply_header h[2] = {{"X-Total-Count", tc}, {"Link", NULL}};
+    if (!next_id[0]) {
+        reply_json_h(r, 200, &b, h, 1);
+        return;
+    }
+    struct buf link;
+    buf_init(&link, 8192);
+    buf_printf(&link, "</v1/sessions/%s/events?since_id=%s", s.id, next_id);
+    for (int i = 0; i < f.ntypes; i++)
+        buf_printf(&link, "&types=%s", f.types[i]); /* known type names: [a-z._] */
+    for (int i = 0; i < f.nexclude; i++)
+        buf_printf(&link, "&exclude=%s", f.exclude[i]);
+    buf_puts(&link, ">; rel=\"next\"");
+    h[1].value = link.data;
+    reply_json_h(r, 200, &b, h, 2);
+    buf_free(&link);
 }
 
 /* ---- cancel ---- */

@@ -287,8 +287,10 @@ static void events_append(struct conn *c, struct store_op *op)
         fail(op, LD_E_STORAGE, "Storage error");
         return;
     }
+    int64_t counted = 0; /* X-Total-Count leaves deltas out */
     for (int i = 0; i < op->nevents; i++) {
         const struct event_rec *e = &op->events[i];
+        if (strcmp(e->type, "output.message.delta") != 0) counted++;
         sqlite3_reset(st);
         sqlite3_clear_bindings(st);
         bind_text(st, 1, op->id);
@@ -336,7 +338,18 @@ static void events_append(struct conn *c, struct store_op *op)
         if (step_done(c, st, op)) return;
     }
     const struct session_update *u = op->update;
-    if (!u) return;
+    if (!u) {
+        if (!counted) return;
+        st = conn_stmt(c, "UPDATE sessions SET events_total = events_total + ?2 WHERE id = ?1");
+        if (!st) {
+            fail(op, LD_E_STORAGE, "Storage error");
+            return;
+        }
+        bind_text(st, 1, op->id);
+        sqlite3_bind_int64(st, 2, counted);
+        step_done(c, st, op);
+        return;
+    }
     st = conn_stmt(
         c, "UPDATE sessions SET status = CASE WHEN ?2 THEN ?3 ELSE status END,"
            " outcome = CASE WHEN ?4 THEN ?5 ELSE outcome END,"
@@ -346,8 +359,8 @@ static void events_append(struct conn *c, struct store_op *op)
            " cache_read_tokens = cache_read_tokens + ?10,"
            " cache_creation_tokens = cache_creation_tokens + ?11,"
            " preview = coalesce(preview, ?12), output_preview = coalesce(?13, output_preview),"
-           " last_activity_at = ?14, updated_at = max(?14, updated_at + 1), version = version + 1"
-           " WHERE id = ?1");
+           " last_activity_at = ?14, updated_at = max(?14, updated_at + 1), version = version + 1,"
+           " events_total = events_total + ?15 WHERE id = ?1");
     if (!st) {
         fail(op, LD_E_STORAGE, "Storage error");
         return;
@@ -366,6 +379,7 @@ static void events_append(struct conn *c, struct store_op *op)
     bind_text_opt(st, 12, u->preview);
     bind_text_opt(st, 13, u->output_preview);
     sqlite3_bind_int64(st, 14, u->now);
+    sqlite3_bind_int64(st, 15, counted);
     step_done(c, st, op);
 }
 

@@ -819,6 +819,16 @@ int64_t store_events_max_seq(struct store *st, const char *session_id)
     return v;
 }
 
+int64_t store_events_total(struct store *st, const char *session_id)
+{
+    sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT events_total FROM sessions WHERE id = ?");
+    if (!s) return 0;
+    bind_text(s, 1, session_id);
+    int64_t v = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+    sqlite3_reset(s);
+    return v;
+}
+
 enum ld_err store_event_seq(struct store *st, const char *session_id, const char *event_id,
                             int64_t *seq)
 {

@@ -194,6 +194,8 @@ enum ld_err store_idem_get(struct store *st, const char *org_id, const char *key
 /* ---- the event log ---- */
 /* Highest sequence stored for the session (0 if none). */
 int64_t store_events_max_seq(struct store *st, const char *session_id);
+/* the session's events other than output.message.delta (kept by the writer) */
+int64_t store_events_total(struct store *st, const char *session_id);
 /* The sequence of an event of that session; LD_E_NOT_FOUND if none. */
 enum ld_err store_event_seq(struct store *st, const char *session_id, const char *event_id,
                             int64_t *seq);

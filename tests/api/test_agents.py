@@ -306,7 +306,10 @@ def test_session_counts_of_harnesses_and_agents(fresh_server):
     srv.stop_clean()
     db = sqlite3.connect(os.path.join(srv.data_dir, "loopd.db"))
     db.executescript("DROP TRIGGER sessions_ai_resources; DROP TRIGGER sessions_ad_resources;"
-                     " DROP TABLE resource_session_counts; PRAGMA user_version = 3;")
+                     " DROP TABLE resource_session_counts;"
+                     # and what later migrations added: a real schema-3 database
+                     " DROP INDEX events_id; ALTER TABLE sessions DROP COLUMN events_total;"
+                     " PRAGMA user_version = 3;")
     db.close()
     srv.start()
     c = srv.client()

@@ -608,11 +608,75 @@ def test_events_since_id_and_after_sequence(api, two_turns):
     assert r.status_code in (400, 404), r.text
 
 
+def _last_event(c, sid):
+    r = expect(c.get("/v1/sessions/%s/events" % sid, params={"limit": 1}), 200)
+    return (r.json()["data"] or [None])[0]
+
+
+def test_events_of_a_log_bigger_than_one_answer_come_with_a_next_link(fresh_server):
+    """Without `limit` the log is answered from the cursor on as far as one
+    response holds (16 MiB or 10,000 events); a `Link: <...>; rel="next"`
+    (since_id of the last event answered) gives the rest.  It used to be a
+    500 once the log passed the size limit."""
+    srv = fresh_server()
+    c = srv.client()
+    sid = c.create_session()["id"]
+    big = "x" * 1900000
+    for i in range(9):  # ~1.9 MB per input.message: the log passes 16 MiB
+        post_message(c, sid, big + str(i))
+        wait_for(lambda: (_last_event(c, sid) or {}).get("type") == "session.idled"
+                 and get_session(c, sid)["status"] == "idle", what="turn %d to end" % i)
+    last_seq = _last_event(c, sid)["sequence"]
+    got, pages = [], 0
+    url, params = "/v1/sessions/%s/events" % sid, None
+    while url:
+        r = expect(c.get(url, params=params), 200)
+        pages += 1
+        got += r.json()["data"]
+        nxt = r.links.get("next")
+        url, params = (nxt["url"] if nxt else None), None
+        assert pages < 10
+    assert pages >= 2
+    assert [e["sequence"] for e in got] == list(range(1, last_seq + 1))
+    assert sum(1 for e in got if e["type"] == "input.message") == 9
+
+
+def test_events_limit_reads_back_across_pages(fresh_server):
+    """`limit` answers the newest matches, read backwards from the log's end
+    a page (500 rows) at a time; X-Total-Count is the session's non-delta
+    count whatever the filter (kept by the writer, not counted per read)."""
+    srv = fresh_server()
+    c = srv.client()
+    sid = c.create_session()["id"]
+    for i in range(40):  # 14 events a turn: 560 events, more than a page
+        post_message(c, sid, "turn %d" % i)
+    log = wait_turn_end(c, sid, 40)
+    assert len(log) > 500
+    non_delta = len([e for e in log if e["type"] != "output.message.delta"])
+    for params, want in (({"limit": 1000}, log),
+                         ({"limit": 520}, log[-520:]),
+                         ({"limit": 7, "types": "turn.completed"},
+                          [e for e in log if e["type"] == "turn.completed"][-7:]),
+                         ({"limit": 3, "types": "input.message", "since_id": log[len(log) - 30]["id"]},
+                          [e for e in log[len(log) - 29:] if e["type"] == "input.message"][-3:]),
+                         ({"limit": 5, "exclude": "output.message.delta"},
+                          [e for e in log if e["type"] != "output.message.delta"][-5:])):
+        r = expect(c.get("/v1/sessions/%s/events" % sid, params=params), 200)
+        assert r.json()["data"] == want, params
+        assert r.headers["X-Total-Count"] == str(non_delta), params
+        assert "Link" not in r.headers
+    srv.restart()
+    c = srv.client()
+    r = expect(c.get("/v1/sessions/%s/events" % sid, params={"limit": 2}), 200)
+    assert r.headers["X-Total-Count"] == str(non_delta)
+
+
 def test_event_cursors_are_indexed_also_after_an_upgrade(fresh_server):
     """A cursor (since_id, Last-Event-ID) is found through the events_id
     index, not by scanning the session's events (60 ms per lookup at 100,000
-    events); a database from before the index (schema 4) gets it at start,
-    with a log line, and its cursors keep working."""
+    events); a database from before the index and the events_total counter
+    (schema 4) gets both at start, with a log line, and its cursors and
+    X-Total-Count keep working."""
     import os
     import sqlite3
     srv = fresh_server()
@@ -627,17 +691,21 @@ def test_event_cursors_are_indexed_also_after_an_upgrade(fresh_server):
     plan = " ".join(r[3] for r in db.execute(
         "EXPLAIN QUERY PLAN SELECT sequence FROM events WHERE id = ? AND session_id = ?", ("x", "y")))
     assert "events_id" in plan, plan
-    db.executescript("DROP INDEX events_id; PRAGMA user_version = 4;")
+    db.executescript("DROP INDEX events_id; ALTER TABLE sessions DROP COLUMN events_total;"
+                     " PRAGMA user_version = 4;")
     db.close()
     srv.start()
     c = srv.client()
     assert "migrating the database schema" in srv.stderr_tail()
     for k in (0, 7, len(log) - 1):
         assert get_events(c, sid, {"since_id": log[k]["id"]}) == log[k + 1:]
+    # migration 6 counted the stored events for X-Total-Count
+    r = expect(c.get("/v1/sessions/%s/events" % sid, params={"limit": 1}), 200)
+    assert r.headers["X-Total-Count"] == str(len([e for e in log if e["type"] != "output.message.delta"]))
     srv.stop_clean()
     db = sqlite3.connect(path)
     assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'events_id'").fetchone()[0] == 1
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 6
     db.close()
     srv.start()
 
