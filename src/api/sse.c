@@ -19,10 +19,14 @@
  *    live events are ignored, because the log already holds them (events
  *    reach subscribers only after commit), and `cursor` (the last sequence
  *    written) keeps anything from being sent twice.
- *  - Bounded: past SSE_MAX_BACKLOG unsent bytes the stream is ended; the
- *    client resumes from the last id it got.  A stream that is ending and
- *    whose peer takes nothing for SSE_LINGER_S is closed hard.  A slow
- *    reader never holds up the loop or other streams.
+ *  - Bounded: an event for a stream whose socket, at the last send,
+ *    refused SSE_MAX_BACKLOG bytes or more (`stuck`) ends the stream
+ *    instead; the client resumes from the last id it got.  Bytes added
+ *    since that send do not count, so one event bigger than the bound (a
+ *    3 MB message) still reaches a reader that keeps up; the buffer's cap
+ *    (SSE_OUT_CAP) holds the largest event there can be.  A stream that is
+ *    ending and whose peer takes nothing for SSE_LINGER_S is closed hard.
+ *    A slow reader never holds up the loop or other streams.
  *  - `: heartbeat` every --sse-heartbeat seconds; after --sse-cycle seconds
  *    (+-20 %) a `disconnecting` frame is sent on its own, when nothing else
  *    is pending, and the stream ends.  Both come from one sweep per tick.
@@ -30,6 +34,7 @@
  */
 #include "api/api.h"
 #include "engine/engine.h"
+#include "limits.h"
 #include "log.h"
 #include "loop.h"
 #include "util/timeutil.h"
@@ -42,6 +47,9 @@
 #include <unistd.h>
 
 #define SSE_MAX_BACKLOG (1u << 20)
+/* the backlog, the events of one loop iteration, and one event of the
+ * largest size a request or a tool can make */
+#define SSE_OUT_CAP ((size_t)SSE_MAX_BACKLOG * 2 + (size_t)LD_MAX_BODY_BOUND * 2)
 #define SSE_PAGE 200
 #define SSE_LINGER_S 10
 
@@ -62,6 +70,7 @@ struct sse {
     int chunked; /* HTTP/1.1: chunked body; HTTP/1.0: ends at close */
     struct buf out;
     size_t off;
+    size_t stuck;                            /* unsent bytes the socket refused at the last send */
     int64_t next_hb, cycle_at, linger_until; /* monotonic µs */
     int64_t hb_us;
 };
@@ -163,15 +172,19 @@ static void on_event(struct engine_sub *sub, const struct event_rec *ev)
     x->cursor = ev->seq;
     if (!event_filter_match(&x->f, ev->type)) return;
     compact(x);
+    if (x->stuck >= SSE_MAX_BACKLOG) {
+        /* too slow a reader: end the stream; it resumes from its last id
+         * and gets this event from the log */
+        end_stream(x);
+        mark_dirty(x);
+        return;
+    }
     size_t before = x->out.len;
     frame(x, ev);
-    if (x->out.overflow || x->out.len > SSE_MAX_BACKLOG) {
-        /* too slow a reader: end the stream; it resumes from its last id */
-        if (x->out.overflow) { /* drop the partial frame */
-            x->out.overflow = 0;
-            x->out.len = before;
-            x->out.data[before] = 0;
-        }
+    if (x->out.overflow) { /* drop the partial frame; the resume replays it */
+        x->out.overflow = 0;
+        x->out.len = before;
+        x->out.data[before] = 0;
         end_stream(x);
     }
     mark_dirty(x);
@@ -195,7 +208,7 @@ static void replay_page(struct sse *x)
         if (event_filter_match(&x->f, rows[i].type)) {
             size_t before = x->out.len;
             frame(x, &rows[i]);
-            if (x->out.overflow) { /* an event too big for any stream */
+            if (x->out.overflow) { /* bigger than any event can be (SSE_OUT_CAP) */
                 x->out.overflow = 0;
                 x->out.len = before;
                 if (x->out.data) x->out.data[before] = 0;
@@ -235,6 +248,7 @@ static void flush(struct sse *x)
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            x->stuck = have;
             if (!x->want_out) {
                 x->want_out = 1;
                 loop_add_fd(x->loop, x->fd, EPOLLIN | EPOLLRDHUP | EPOLLOUT, on_io, x);
@@ -245,6 +259,7 @@ static void flush(struct sse *x)
         x->dead = 1; /* EPIPE, ECONNRESET: the peer is gone */
         return;
     }
+    x->stuck = 0;
     if (x->want_out) {
         x->want_out = 0;
         loop_add_fd(x->loop, x->fd, EPOLLIN | EPOLLRDHUP, on_io, x);
@@ -376,7 +391,7 @@ void h_sse(struct req *r)
     x->f.ntypes = f.ntypes;
     x->f.nexclude = f.nexclude;
     x->cursor = after;
-    buf_init(&x->out, 2 * SSE_MAX_BACKLOG);
+    buf_init(&x->out, SSE_OUT_CAP);
     x->chunked = !r->http10 && r->method != M_HEAD;
     buf_printf(&x->out,
                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"

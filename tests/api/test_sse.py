@@ -326,3 +326,71 @@ def test_sigterm_with_open_streams_exits_cleanly(fresh_server):
     s1.close()
     assert rc == 0, "loopd exited with %r on SIGTERM with open SSE streams:\n%s" % (
         rc, srv.stderr_tail(1500))
+
+
+def test_events_bigger_than_the_backlog_bound_reach_live_and_replayed_streams(fresh_server):
+    """A single event larger than the stream's backlog bound (1 MiB) or its
+    old buffer (2 MiB), here a 3 MB message, reaches a stream that is keeping
+    up, live and in a replay, without ending it: the bound is for readers
+    that fall behind, not for one big event."""
+    srv = fresh_server(["--max-body", str(8 << 20)])
+    c = srv.client()
+    sid = c.create_session()["id"]
+    text = "y" * (3 << 20)
+    live = open_sse(srv, sid)
+    post_message(c, sid, text)
+    frames = live.read_until(lambda f: f.event == "session.idled", timeout=30)
+    assert frames[0].event == "input.message"
+    assert frames[0].json()["data"]["message"]["content"][0]["text"] == text
+    post_message(c, sid, "small one after")
+    more = live.read_until(lambda f: f.event == "session.idled", timeout=30)
+    assert more[0].event == "input.message"
+    log = wait_turn_end(c, sid, 2)
+    assert [f.id for f in frames + more] == [e["id"] for e in log]
+    # the same from the log (replay, the big event first)
+    replay = open_sse(srv, sid)
+    got = replay.read_until(lambda f: f.id == log[-1]["id"], timeout=30)
+    assert [f.id for f in got] == [e["id"] for e in log]
+    assert got[0].json()["data"]["message"]["content"][0]["text"] == text
+
+
+def test_a_reader_that_stops_reading_is_ended_and_resumes_without_gaps(fresh_server, monkeypatch):
+    """A stream whose client stops reading does not hold up the loop or the
+    other streams of the session; once its socket has refused 1 MiB it is
+    ended, and the client, resuming with Last-Event-ID, gets exactly the
+    rest of the log."""
+    import socket
+    import conftest
+
+    def small_window(port, timeout=10):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(timeout)
+        s.connect(("127.0.0.1", port))
+        return s
+
+    srv = fresh_server()
+    c = srv.client()
+    sid = c.create_session()["id"]
+    fast = open_sse(srv, sid)
+    monkeypatch.setattr(conftest, "raw_connect", small_window)
+    slow = open_sse(srv, sid)  # reads `connected`, then nothing until the end
+    monkeypatch.undo()
+    fast_ids = []
+    for i in range(24):  # 24 messages of 512 KiB: ~12 MB for each stream
+        post_message(c, sid, ("%02d" % i) * (256 << 10))
+        fast_ids += [f.id for f in fast.read_until(lambda f: f.event == "session.idled", timeout=30)]
+    log = wait_turn_end(c, sid, 24)
+    ids = [e["id"] for e in log]
+    assert fast_ids == ids  # the other stream got everything, in time
+    got = []
+    while True:
+        f = slow.next_event(timeout=30)
+        if f is None:
+            break
+        got.append(f.id)
+    assert 0 < len(got) < len(ids), "the stalled stream was not ended (%d events)" % len(got)
+    assert got == ids[:len(got)]
+    resumed = open_sse(srv, sid, headers={"Last-Event-ID": got[-1]})
+    rest = resumed.read_until(lambda f: f.id == ids[-1], timeout=30)
+    assert got + [f.id for f in rest] == ids
