@@ -56,6 +56,10 @@
 
 /* Response buffers: a session with a 1 MiB prompt and 5 MiB of files. */
 #define LD_MAX_RESPONSE (16u * 1024 * 1024)
+/* One piece of a streamed answer (reply_stream): pieces hold whole items
+ * (a message up to the response bound) and stop growing past 256 KiB. */
+#define LD_MAX_STREAM_PIECE (LD_MAX_RESPONSE + 1024u * 1024)
+#define LD_STREAM_PIECE_TARGET (256u * 1024)
 
 /* Writer queue: past this many queued writes, 503 + Retry-After. */
 #define LD_WRITER_QUEUE_MAX 65536

@@ -186,12 +186,64 @@ static void add_msg(const char *json, void *ud)
     buf_puts(c->b, json);
 }
 
+/* A message list past LD_MESSAGES_BUFFERED bytes is streamed (reply_stream)
+ * instead of built at once: a session's messages have no bound, and the
+ * answer holds them twice (`data` and the `messages` alias); built in one
+ * buffer, a history past 8 MiB was a 500.  Both passes stop at the log's
+ * end as it was when the request came (`upto`), so they list the same
+ * messages however many are added meanwhile. */
+#define LD_MESSAGES_BUFFERED (4u * 1024 * 1024)
+#define MESSAGES_PAGE 64
+
+struct msg_stream {
+    struct store *st;
+    char session_id[ID_MAX];
+    int64_t upto, cursor;
+    int pass; /* 0: not begun, 1: `data`, 2: `messages` */
+    int n;    /* items written in this pass */
+    struct buf *out;
+};
+
+static void stream_msg(const char *json, int64_t seq, void *ud)
+{
+    struct msg_stream *m = ud;
+    if (m->n++) buf_putc(m->out, ',');
+    buf_puts(m->out, json);
+    m->cursor = seq;
+}
+
+static int msg_stream_more(void *ud, struct buf *out)
+{
+    struct msg_stream *m = ud;
+    m->out = out;
+    if (m->pass == 0) {
+        buf_puts(out, "{\"data\":[");
+        m->pass = 1;
+    }
+    while (out->len < LD_STREAM_PIECE_TARGET) {
+        int n;
+        if (store_messages_page(m->st, m->session_id, m->cursor, m->upto, MESSAGES_PAGE, stream_msg,
+                                m, &n) != LD_OK)
+            return -1;
+        if (n == MESSAGES_PAGE) continue;
+        if (m->pass == 2) {
+            buf_puts(out, "]}");
+            return 0;
+        }
+        buf_puts(out, "],\"messages\":[");
+        m->pass = 2;
+        m->cursor = 0;
+        m->n = 0;
+    }
+    return 1;
+}
+
 void h_messages_list(struct req *r)
 {
     struct session_rec s;
     if (session_from_path(r, &s)) return;
     struct buf arr;
-    buf_init(&arr, LD_MAX_RESPONSE);
+    buf_init(&arr, LD_MESSAGES_BUFFERED);
     struct list_ctx c = {&arr, 0};
     buf_putc(&arr, '[');
     if (store_messages(r->st, s.id, add_msg, &c) != LD_OK) {
@@ -199,9 +251,18 @@ void h_messages_list(struct req *r)
         reply_problem(r, LD_E_STORAGE, "Storage error");
         return;
     }
+    if (arr.overflow) {
+        buf_free(&arr);
+        struct msg_stream *m = xcalloc(1, sizeof(*m));
+        m->st = r->st;
+        snprintf(m->session_id, sizeof(m->session_id), "%s", s.id);
+        m->upto = store_events_max_seq(r->st, s.id); /* same read snapshot */
+        reply_stream(r, 200, "application/json", msg_stream_more, free, m);
+        return;
+    }
     buf_putc(&arr, ']');
     struct buf b;
-    buf_init(&b, LD_MAX_RESPONSE);
+    buf_init(&b, 2 * LD_MESSAGES_BUFFERED + 64);
     buf_puts(&b, "{\"data\":");
     buf_add(&b, arr.data, arr.len);
     buf_puts(&b, ",\"messages\":");

@@ -71,6 +71,14 @@ void reply_json_h(struct req *r, int status, struct buf *body, const struct repl
 void reply_text(struct req *r, int status, const char *ctype, const char *text, size_t len,
                 int copy);
 void reply_empty(struct req *r, int status, const struct reply_header *h, int nh);
+/* A body too big to build at once, made a piece at a time as the socket
+ * takes it: `more` appends the next piece to `out` and returns 1, or 0
+ * after the last piece, or -1 on an error (the connection is closed: the
+ * client sees a cut body).  `release(ud)` runs once the answer is over,
+ * sent or not.  HTTP/1.1: chunked, keep-alive; HTTP/1.0: ends at the close. */
+typedef int (*reply_more_fn)(void *ud, struct buf *out);
+void reply_stream(struct req *r, int status, const char *ctype, reply_more_fn more,
+                  void (*release)(void *ud), void *ud);
 /* RFC 9457 problem; detail is printf-style, one line. */
 void reply_problem(struct req *r, enum ld_err e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -78,6 +78,13 @@ struct resp {
     size_t blen;
     int body_static; /* not ours to free */
     int no_body;     /* HEAD, 204, 304: the body is not sent */
+    /* a streamed body (reply_stream): pieces made as the socket takes them */
+    reply_more_fn more;
+    void (*release)(void *ud);
+    void *ud;
+    struct buf piece;
+    int chunked; /* HTTP/1.1: each piece a chunk; HTTP/1.0: the close ends it */
+    int ended;   /* `more` said nothing follows */
 };
 
 struct hconn {
@@ -370,6 +377,8 @@ static void resp_header(struct resp *p, const char *name, const char *value)
 static void resp_free(struct resp *p)
 {
     if (!p) return;
+    if (p->release) p->release(p->ud);
+    buf_free(&p->piece);
     buf_free(&p->head);
     if (!p->body_static) free(p->body);
     free(p);
@@ -414,6 +423,17 @@ void reply_json_h(struct req *r, int status, struct buf *body, const struct repl
     set_body(p, body);
     for (int i = 0; i < nh; i++)
         resp_header(p, h[i].name, h[i].value);
+    set_response(r, status, p);
+}
+
+void reply_stream(struct req *r, int status, const char *ctype, reply_more_fn more,
+                  void (*release)(void *ud), void *ud)
+{
+    struct resp *p = resp_new(status, ctype);
+    p->more = more;
+    p->release = release;
+    p->ud = ud;
+    buf_init(&p->piece, LD_MAX_STREAM_PIECE);
     set_response(r, status, p);
 }
 
@@ -637,7 +657,14 @@ static void start_write(struct hconn *c)
     struct server *s = c->s;
     if (s->quiescing) c->close_after = 1;
     if (r->status == 204 || r->status == 304 || r->method == M_HEAD) p->no_body = 1;
-    if (r->status != 204 && r->status != 304) {
+    if (p->more) { /* no length: chunked, or up to the close for HTTP/1.0 */
+        if (r->http10)
+            c->close_after = 1;
+        else {
+            p->chunked = 1;
+            buf_puts(&p->head, "Transfer-Encoding: chunked\r\n");
+        }
+    } else if (r->status != 204 && r->status != 304) {
         buf_puts(&p->head, "Content-Length: ");
         buf_i64(&p->head, (int64_t)p->blen);
         buf_puts(&p->head, "\r\n");
@@ -693,8 +720,44 @@ static void request_done(struct hconn *c)
     watch(c, EPOLLIN | EPOLLRDHUP);
 }
 
+/* The next piece of a streamed body into iov[1]: 1 when one is queued, 0
+ * when the body is complete, -1 when the connection was closed. */
+static int next_piece(struct hconn *c)
+{
+    struct resp *p = c->r ? c->r->resp : NULL;
+    if (!p || !p->more || p->no_body || p->ended) return 0;
+    buf_reset(&p->piece);
+    if (p->chunked) buf_puts(&p->piece, "00000000\r\n"); /* size filled in below */
+    int rc = p->more(p->ud, &p->piece);
+    if (rc < 0 || p->piece.overflow) { /* the client sees a cut body */
+        log_error("streamed answer cut short", "rid", c->r->rid, NULL);
+        conn_close(c);
+        return -1;
+    }
+    if (rc == 0) p->ended = 1;
+    if (p->chunked) {
+        size_t n = p->piece.len - 10;
+        if (n) {
+            char hex[9]; /* n < LD_MAX_STREAM_PIECE: 8 hex digits */
+            snprintf(hex, sizeof(hex), "%08x", (unsigned)n);
+            memcpy(p->piece.data, hex, 8);
+            buf_puts(&p->piece, "\r\n");
+        } else {
+            buf_reset(&p->piece); /* a zero-size chunk would end the body */
+        }
+        if (p->ended) buf_puts(&p->piece, "0\r\n\r\n");
+    }
+    if (!p->piece.len) return p->ended ? 0 : next_piece(c);
+    c->iov[0].iov_len = 0;
+    c->iov[1].iov_base = p->piece.data;
+    c->iov[1].iov_len = p->piece.len;
+    c->niov = 2;
+    return 1;
+}
+
 static void flush_out(struct hconn *c)
 {
+again:
     while (c->niov) {
         struct iovec *v = c->iov;
         int n = c->niov;
@@ -723,6 +786,9 @@ static void flush_out(struct hconn *c)
         if (c->iov[c->niov - 1].iov_len == 0) c->niov = 0;
         c->deadline = now_us() + c->s->cfg->request_timeout * 1000000;
     }
+    int k = next_piece(c);
+    if (k < 0) return;
+    if (k > 0) goto again;
     request_done(c);
 }
 

@@ -902,6 +902,30 @@ enum ld_err store_messages(struct store *st, const char *session_id,
     return LD_OK;
 }
 
+enum ld_err store_messages_page(struct store *st, const char *session_id, int64_t after,
+                                int64_t upto, int limit,
+                                void (*fn)(const char *json, int64_t seq, void *ud), void *ud,
+                                int *n)
+{
+    sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT sequence, message FROM events"
+                                         " WHERE session_id = ?1 AND sequence > ?2"
+                                         " AND sequence <= ?3 AND message IS NOT NULL"
+                                         " ORDER BY sequence LIMIT ?4");
+    *n = 0;
+    if (!s) return LD_E_STORAGE;
+    bind_text(s, 1, session_id);
+    sqlite3_bind_int64(s, 2, after);
+    sqlite3_bind_int64(s, 3, upto);
+    sqlite3_bind_int(s, 4, limit);
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        fn((const char *)sqlite3_column_text(s, 1), sqlite3_column_int64(s, 0), ud);
+        (*n)++;
+    }
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE ? LD_OK : LD_E_STORAGE;
+}
+
 void store_sessions_running(struct store *st, struct arena *a, struct session_rec **rows, int *n)
 {
     static char sql[1024];

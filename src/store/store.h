@@ -207,6 +207,12 @@ enum ld_err store_events_page(struct store *st, const char *session_id, int64_t 
 /* Messages (in event order), calling fn with each Message JSON. */
 enum ld_err store_messages(struct store *st, const char *session_id,
                            void (*fn)(const char *json, void *ud), void *ud);
+/* Up to `limit` of those after sequence `after` and at most `upto`, in
+ * order; fn gets each with its sequence.  *n: how many. */
+enum ld_err store_messages_page(struct store *st, const char *session_id, int64_t after,
+                                int64_t upto, int limit,
+                                void (*fn)(const char *json, int64_t seq, void *ud), void *ud,
+                                int *n);
 /* Sessions whose status says a turn runs (active, waiting): for recovery. */
 void store_sessions_running(struct store *st, struct arena *a, struct session_rec **rows, int *n);
 

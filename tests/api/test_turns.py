@@ -617,7 +617,8 @@ def test_events_of_a_log_bigger_than_one_answer_come_with_a_next_link(fresh_serv
     """Without `limit` the log is answered from the cursor on as far as one
     response holds (16 MiB or 10,000 events); a `Link: <...>; rel="next"`
     (since_id of the last event answered) gives the rest.  It used to be a
-    500 once the log passed the size limit."""
+    500 once the log passed the size limit.  The messages of such a log are
+    streamed."""
     srv = fresh_server()
     c = srv.client()
     sid = c.create_session()["id"]
@@ -639,6 +640,43 @@ def test_events_of_a_log_bigger_than_one_answer_come_with_a_next_link(fresh_serv
     assert pages >= 2
     assert [e["sequence"] for e in got] == list(range(1, last_seq + 1))
     assert sum(1 for e in got if e["type"] == "input.message") == 9
+
+    # the messages of that log (~17 MB, twice: `data` and `messages`) are
+    # streamed, chunked, instead of built in one buffer (which was a 500)
+    r = expect(c.get("/v1/sessions/%s/messages" % sid), 200)
+    assert r.headers.get("Transfer-Encoding") == "chunked" and "Content-Length" not in r.headers
+    body = r.json()
+    assert body["data"] == body["messages"]
+    assert [m["role"] for m in body["data"]] == ["user", "agent"] * 9
+    assert [m["content"][0]["text"] for m in body["data"][0::2]] == [big + str(i) for i in range(9)]
+    for m in body["data"][:2]:
+        validate(m, "Message")
+    # over HTTP/1.0 the same answer ends at the close
+    with raw_connect(srv.port, timeout=30) as so:
+        so.sendall(("GET /v1/sessions/%s/messages HTTP/1.0\r\nAuthorization: %s\r\n\r\n"
+                    % (sid, srv.key)).encode())
+        raw = bytearray()
+        while True:
+            chunk = so.recv(1 << 20)
+            if not chunk:
+                break
+            raw += chunk
+    head, _, rest = bytes(raw).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head.lower(), head
+    assert json.loads(rest)["messages"] == body["data"]
+    # a client that goes away mid-answer costs nothing (the ASan and
+    # valgrind runs check that the stream's state is freed)
+    with raw_connect(srv.port) as so:
+        so.sendall(("GET /v1/sessions/%s/messages HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n"
+                    % (sid, srv.key)).encode())
+        assert so.recv(65536).startswith(b"HTTP/1.1 200")
+    expect(c.get("/healthz"), 200)
+    # a small history is still one buffered answer with a length
+    small = c.create_session()["id"]
+    post_message(c, small, "hi")
+    wait_turn_end(c, small)
+    r = expect(c.get("/v1/sessions/%s/messages" % small), 200)
+    assert "Content-Length" in r.headers and len(r.json()["messages"]) == 2
 
 
 def test_events_limit_reads_back_across_pages(fresh_server):
