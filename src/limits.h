@@ -60,6 +60,8 @@
  * (a message up to the response bound) and stop growing past 256 KiB. */
 #define LD_MAX_STREAM_PIECE (LD_MAX_RESPONSE + 1024u * 1024)
 #define LD_STREAM_PIECE_TARGET (256u * 1024)
+/* A list page past this many bytes is streamed (api.h, list_page). */
+#define LD_LIST_BUFFERED (4u * 1024 * 1024)
 
 /* Writer queue: past this many queued writes, 503 + Retry-After. */
 #define LD_WRITER_QUEUE_MAX 65536

@@ -183,6 +183,25 @@ out:
     json_decref(body);
 }
 
+/* a row of the list query (list_page) */
+static void list_agent_row(const struct agent_rec *ag, void *ud)
+{
+    struct list_page *p = ud;
+    struct jw *w = list_item(p, ag->id);
+    if (w) render_agent(p->r, w, ag, 1);
+}
+
+/* a row of a streamed page, read again when its turn comes */
+static int agent_again(struct req *r, struct jw *w, const char *id, struct arena *a)
+{
+    struct agent_rec ag;
+    enum ld_err e = store_agent_get(r->st, r->who.org_id, id, a, &ag);
+    if (e == LD_E_NOT_FOUND) return 1;
+    if (e != LD_OK) return -1;
+    render_agent(r, w, &ag, 1);
+    return 0;
+}
+
 void h_agents_list(struct req *r)
 {
     long offset, limit;
@@ -195,34 +214,17 @@ void h_agents_list(struct req *r)
     }
     const char *ia = req_query(r, "include_archived");
     int include = ia && (strcmp(ia, "true") == 0 || strcmp(ia, "1") == 0);
-    struct agent_rec *rows;
-    int n;
+    struct list_page p;
+    list_begin(&p, r, limit, "agents", agent_again); /* `agents`: what the TS SDK reads */
     int64_t total;
     enum ld_err e = store_agent_list(r->st, r->who.org_id, search, include, offset, limit,
-                                     &r->arena, &rows, &n, &total);
+                                     &r->arena, list_agent_row, &p, &total);
     if (e != LD_OK) {
+        buf_free(&p.b);
         reply_problem(r, e, "Storage error");
         return;
     }
-    struct buf b;
-    buf_init(&b, LD_MAX_RESPONSE);
-    struct jw w;
-    jw_init(&w, &b);
-    jw_obj(&w);
-    jw_key(&w, "data");
-    size_t start = b.len;
-    jw_arr(&w);
-    for (int i = 0; i < n; i++)
-        render_agent(r, &w, &rows[i], 1);
-    jw_end(&w);
-    /* `agents` is the array the TS SDK reads */
-    jw_kraw(&w, "agents", arena_strndup(&r->arena, b.data ? b.data + start : "", b.len - start));
-    jw_ki64(&w, "total", total);
-    jw_ki64(&w, "offset", offset);
-    jw_ki64(&w, "limit", limit);
-    page_links(r, &w, offset, limit, total);
-    jw_end(&w);
-    reply_json(r, 200, &b);
+    list_end(&p, total, offset, limit);
 }
 
 /* {id_or_name}: an agent_… ID is checked strictly; anything else is a name */

@@ -52,6 +52,33 @@ int session_from_path(struct req *r, struct session_rec *s);
 int page_params(struct req *r, long *offset, long *limit);
 void page_links(struct req *r, struct jw *w, long offset, long limit, int64_t total);
 
+/*
+ * A list page ({data, <alias>, total, offset, limit, next_url, prev_url}).
+ * Items are rendered as the store reads them (list_item gives the writer,
+ * or NULL once the page is past LD_LIST_BUFFERED bytes: then only the id
+ * is kept).  list_end answers the page buffered, or, when it is past that,
+ * streams it (reply_stream), reading each item again by id with `again`
+ * (0 rendered, 1 gone since: left out, -1 storage error).  A page is at
+ * most 100 items but an item may be a megabyte (system prompts): built at
+ * once, such a page was a 500 or, past the request arena, a crash.
+ */
+typedef int (*list_again_fn)(struct req *r, struct jw *w, const char *id, struct arena *a);
+struct list_page {
+    struct req *r;
+    struct buf b;
+    struct jw w;
+    size_t start; /* the data array's first byte in b */
+    int over;     /* streamed */
+    int n;
+    char (*ids)[ID_MAX];
+    const char *alias;
+    list_again_fn again;
+};
+void list_begin(struct list_page *p, struct req *r, long limit, const char *alias,
+                list_again_fn again);
+struct jw *list_item(struct list_page *p, const char *id);
+void list_end(struct list_page *p, int64_t total, long offset, long limit);
+
 /* Idempotency: returns 1 if answered (replay or 422), 0 to proceed (then
  * *idem is set when a key was given), -1 after a 400. */
 int idem_check(struct req *r, struct idem_rec **idem);

@@ -639,6 +639,133 @@ void page_links(struct req *r, struct jw *w, long offset, long limit, int64_t to
     if (offset > 0) link_with_offset(r, w, "prev_url", offset > limit ? offset - limit : 0, limit);
 }
 
+void list_begin(struct list_page *p, struct req *r, long limit, const char *alias,
+                list_again_fn again)
+{
+    memset(p, 0, sizeof(*p));
+    p->r = r;
+    p->alias = alias;
+    p->again = again;
+    p->ids = arena_alloc(&r->arena, sizeof(*p->ids) * (size_t)(limit > 0 ? limit : 1));
+    buf_init(&p->b, LD_MAX_RESPONSE);
+    buf_reserve(&p->b, (size_t)limit * 2 * 2560 + 1024); /* a session renders to ~2.2 KB */
+    jw_init(&p->w, &p->b);
+    jw_obj(&p->w);
+    jw_key(&p->w, "data");
+    p->start = p->b.len;
+    jw_arr(&p->w);
+}
+
+struct jw *list_item(struct list_page *p, const char *id)
+{
+    size_t len = strnlen(id, ID_MAX - 1); /* IDs from the store: always shorter */
+    memcpy(p->ids[p->n], id, len);
+    p->ids[p->n++][len] = 0;
+    if (p->b.len > LD_LIST_BUFFERED) p->over = 1;
+    return p->over ? NULL : &p->w;
+}
+
+struct list_stream {
+    struct req *r;
+    const char *alias;
+    list_again_fn again;
+    char (*ids)[ID_MAX];
+    int n, i, k, pass;
+    char *tail; /* ,"total":…} */
+};
+
+static int list_more(void *ud, struct buf *out)
+{
+    struct list_stream *x = ud;
+    if (x->pass == 0) {
+        buf_puts(out, "{\"data\":[");
+        x->pass = 1;
+    }
+    while (out->len < LD_STREAM_PIECE_TARGET) {
+        if (x->i == x->n) {
+            if (x->pass == 2) {
+                buf_putc(out, ']');
+                buf_puts(out, x->tail);
+                return 0;
+            }
+            buf_printf(out, "],\"%s\":[", x->alias);
+            x->pass = 2;
+            x->i = x->k = 0;
+            continue;
+        }
+        size_t at = out->len;
+        if (x->k) buf_putc(out, ',');
+        struct arena a;
+        arena_init(&a);
+        struct jw w;
+        jw_init(&w, out);
+        int rc = x->again(x->r, &w, x->ids[x->i++], &a);
+        arena_free(&a);
+        if (rc < 0) return -1;
+        if (rc > 0) { /* gone since the page was read */
+            out->len = at;
+            if (out->data) out->data[at] = 0;
+        } else {
+            x->k++;
+        }
+    }
+    return 1;
+}
+
+static void list_release(void *ud)
+{
+    struct list_stream *x = ud;
+    free(x->tail);
+    free(x);
+}
+
+void list_end(struct list_page *p, int64_t total, long offset, long limit)
+{
+    struct req *r = p->r;
+    if (!p->over && p->b.len <= LD_LIST_BUFFERED) {
+        struct jw *w = &p->w;
+        jw_end(w);
+        /* `data` per the spec; the alias is what the TS SDK reads: the same
+         * array twice, rendered once and copied */
+        size_t alen = p->b.len - p->start;
+        jw_key(w, p->alias);
+        jw_raw(w, "");
+        if (buf_reserve(&p->b, alen) == 0) { /* room first: the copy reads from b itself */
+            memcpy(p->b.data + p->b.len, p->b.data + p->start, alen);
+            p->b.len += alen;
+            p->b.data[p->b.len] = 0;
+        }
+        jw_ki64(w, "total", total);
+        jw_ki64(w, "offset", offset);
+        jw_ki64(w, "limit", limit);
+        page_links(r, w, offset, limit, total);
+        jw_end(w);
+        reply_json(r, 200, &p->b);
+        return;
+    }
+    buf_free(&p->b);
+    struct buf t;
+    buf_init(&t, 64 * 1024);
+    struct jw w;
+    jw_init(&w, &t);
+    jw_obj(&w);
+    jw_ki64(&w, "total", total);
+    jw_ki64(&w, "offset", offset);
+    jw_ki64(&w, "limit", limit);
+    page_links(r, &w, offset, limit, total);
+    jw_end(&w);
+    struct list_stream *x = xcalloc(1, sizeof(*x));
+    x->r = r;
+    x->alias = p->alias;
+    x->again = p->again;
+    x->ids = p->ids;
+    x->n = p->n;
+    x->tail = xstrdup(t.data ? t.data : "{}");
+    x->tail[0] = ','; /* the object's members go on after the arrays */
+    buf_free(&t);
+    reply_stream(r, 200, "application/json", list_more, list_release, x);
+}
+
 int idem_check(struct req *r, struct idem_rec **idem)
 {
     *idem = NULL;

@@ -421,6 +421,25 @@ static int parse_time_param(struct req *r, const char *name, int64_t *out)
     return 0;
 }
 
+/* a row of the list query (list_page) */
+static void list_session_row(const struct session_rec *s, void *ud)
+{
+    struct list_page *p = ud;
+    struct jw *w = list_item(p, s->id);
+    if (w) render_session(p->r, w, s);
+}
+
+/* a row of a streamed page, read again when its turn comes */
+static int session_again(struct req *r, struct jw *w, const char *id, struct arena *a)
+{
+    struct session_rec s;
+    enum ld_err e = store_session_get(r->st, r->who.org_id, id, r->who.user_id, a, &s);
+    if (e == LD_E_NOT_FOUND) return 1;
+    if (e != LD_OK) return -1;
+    render_session(r, w, &s);
+    return 0;
+}
+
 void h_sessions_list(struct req *r)
 {
     struct session_filter f;
@@ -461,43 +480,17 @@ void h_sessions_list(struct req *r)
             return;
         }
     }
-    struct session_rec *rows;
-    int n;
+    struct list_page p;
+    list_begin(&p, r, f.limit, "sessions", session_again);
     int64_t total;
-    enum ld_err e =
-        store_session_list(r->st, r->who.org_id, r->who.user_id, &f, &r->arena, &rows, &n, &total);
+    enum ld_err e = store_session_list(r->st, r->who.org_id, r->who.user_id, &f, &r->arena,
+                                       list_session_row, &p, &total);
     if (e != LD_OK) {
+        buf_free(&p.b);
         reply_problem(r, e, "Storage error");
         return;
     }
-    struct buf b;
-    buf_init(&b, LD_MAX_RESPONSE);
-    buf_reserve(&b, (size_t)n * 2 * 2560 + 1024); /* a session renders to ~2.2 KB */
-    struct jw w;
-    jw_init(&w, &b);
-    jw_obj(&w);
-    /* `data` per the spec; `sessions` is what the TS SDK reads: the same
-     * array twice, rendered once and copied */
-    jw_key(&w, "data");
-    size_t start = b.len;
-    jw_arr(&w);
-    for (int i = 0; i < n; i++)
-        render_session(r, &w, &rows[i]);
-    jw_end(&w);
-    size_t alen = b.len - start;
-    jw_key(&w, "sessions");
-    jw_raw(&w, "");
-    if (buf_reserve(&b, alen) == 0) { /* room first: the copy reads from b itself */
-        memcpy(b.data + b.len, b.data + start, alen);
-        b.len += alen;
-        b.data[b.len] = 0;
-    }
-    jw_ki64(&w, "total", total);
-    jw_ki64(&w, "offset", f.offset);
-    jw_ki64(&w, "limit", f.limit);
-    page_links(r, &w, f.offset, f.limit, total);
-    jw_end(&w);
-    reply_json(r, 200, &b);
+    list_end(&p, total, f.offset, f.limit);
 }
 
 void h_sessions_stats(struct req *r)

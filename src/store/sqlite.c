@@ -512,7 +512,8 @@ static void list_bind(sqlite3_stmt *s, const char *org_id, const struct session_
 
 enum ld_err store_session_list(struct store *st, const char *org_id, const char *user_id,
                                const struct session_filter *f, struct arena *a,
-                               struct session_rec **rows, int *nrows, int64_t *total)
+                               void (*fn)(const struct session_rec *s, void *ud), void *ud,
+                               int64_t *total)
 {
     char *like = f->search ? like_pattern(a, f->search) : NULL;
     int unfiltered = !f->agent_id && !f->search && !f->status_mask && !f->outcome_mask &&
@@ -548,13 +549,18 @@ enum ld_err store_session_list(struct store *st, const char *org_id, const char 
     list_bind(s, org_id, f, like);
     sqlite3_bind_int64(s, 7, f->limit);
     sqlite3_bind_int64(s, 8, f->offset);
-    *rows = arena_alloc(a, sizeof(struct session_rec) * (size_t)(f->limit > 0 ? f->limit : 1));
-    *nrows = 0;
-    while (*nrows < f->limit && sqlite3_step(s) == SQLITE_ROW) {
-        struct session_rec *r = &(*rows)[(*nrows)++];
-        read_session(s, a, r);
-        r->pinned = sqlite3_column_int(s, SESSION_NCOLS);
+    /* each row in an arena emptied after it: a page may be 100 sessions
+     * of 1 MiB */
+    struct arena ra;
+    arena_init(&ra);
+    for (long k = 0; k < f->limit && sqlite3_step(s) == SQLITE_ROW; k++) {
+        struct session_rec r;
+        read_session(s, &ra, &r);
+        r.pinned = sqlite3_column_int(s, SESSION_NCOLS);
+        fn(&r, ud);
+        arena_reset(&ra);
     }
+    arena_free(&ra);
     sqlite3_reset(s);
     buf_free(&q);
     return LD_OK;
@@ -632,7 +638,8 @@ enum ld_err store_agent_get(struct store *st, const char *org_id, const char *id
 
 enum ld_err store_agent_list(struct store *st, const char *org_id, const char *search,
                              int include_archived, long offset, long limit, struct arena *a,
-                             struct agent_rec **rows, int *nrows, int64_t *total)
+                             void (*fn)(const struct agent_rec *ag, void *ud), void *ud,
+                             int64_t *total)
 {
     char *like = search ? like_pattern(a, search) : NULL;
     const char *where = " WHERE a.org_id = ?1 AND (?2 OR a.archived_at IS NULL) AND (?3 IS NULL"
@@ -658,12 +665,16 @@ enum ld_err store_agent_list(struct store *st, const char *org_id, const char *s
     bind_text_opt(s, 3, like);
     sqlite3_bind_int64(s, 4, limit);
     sqlite3_bind_int64(s, 5, offset);
-    *rows = arena_alloc(a, sizeof(struct agent_rec) * (size_t)(limit > 0 ? limit : 1));
-    *nrows = 0;
-    while (*nrows < limit && sqlite3_step(s) == SQLITE_ROW) {
-        read_agent(s, a, &(*rows)[*nrows]);
-        (*rows)[(*nrows)++].session_count = sqlite3_column_int64(s, 14);
+    struct arena ra; /* emptied after each row, as for sessions */
+    arena_init(&ra);
+    for (long k = 0; k < limit && sqlite3_step(s) == SQLITE_ROW; k++) {
+        struct agent_rec ag;
+        read_agent(s, &ra, &ag);
+        ag.session_count = sqlite3_column_int64(s, 14);
+        fn(&ag, ud);
+        arena_reset(&ra);
     }
+    arena_free(&ra);
     sqlite3_reset(s);
     return LD_OK;
 }

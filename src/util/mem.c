@@ -104,6 +104,25 @@ char *arena_strdup(struct arena *a, const char *s)
     return s ? arena_strndup(a, s, strlen(s)) : NULL;
 }
 
+void arena_reset(struct arena *a)
+{
+    struct arena_chunk *keep = NULL;
+    for (struct arena_chunk *c = a->head, *n; c; c = n) {
+        n = c->next;
+        if (!keep && c->size == CHUNK_SIZE)
+            keep = c;
+        else
+            free(c);
+    }
+    a->head = keep;
+    a->total = 0;
+    if (keep) {
+        keep->next = NULL;
+        keep->used = 0;
+        a->total = keep->size;
+    }
+}
+
 void arena_free(struct arena *a)
 {
     struct arena_chunk *c = a->head;

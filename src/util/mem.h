@@ -26,5 +26,7 @@ void *arena_alloc(struct arena *a, size_t n); /* zeroed, 16-aligned */
 char *arena_strdup(struct arena *a, const char *s);
 char *arena_strndup(struct arena *a, const char *s, size_t n);
 void arena_free(struct arena *a);
+/* Empties the arena for reuse: keeps one standard chunk, frees the rest. */
+void arena_reset(struct arena *a);
 
 #endif

@@ -208,3 +208,40 @@ def test_pinned_filter_lists_the_callers_pinned_sessions(fresh_server):
     assert {s["id"] for s in rest["data"]} == set(ids[2:]) and rest["total"] == 2
     r = c.get("/v1/sessions", params={"pinned": "yes"})
     assert r.status_code == 400 and "pinned" in r.json()["detail"]
+
+
+def test_pages_of_megabyte_sessions_and_agents_are_streamed(fresh_server):
+    """Sessions and agents may carry a 1 MiB system prompt, and a page holds
+    up to 100 of them.  Built at once, 17 such sessions were a 500 (past the
+    16 MiB answer) and 65 crashed loopd (past the request's 64 MiB arena).
+    Past 4 MiB a page is streamed, an item at a time; both arrays and the
+    links are as for a small page."""
+    srv = fresh_server()
+    c = srv.client()
+    prompt = "p" * ((1 << 20) - 16)
+    ids = [c.create_session({"system_prompt": prompt, "title": "big %d" % i})["id"] for i in range(66)]
+    r = expect(c.get("/v1/sessions", params={"limit": 100}), 200)
+    assert r.headers.get("Transfer-Encoding") == "chunked"
+    page = r.json()
+    assert page["data"] == page["sessions"]
+    assert [s["id"] for s in page["data"]] == ids[::-1]
+    assert all(s["system_prompt"] == prompt for s in page["data"])
+    assert (page["total"], page["offset"], page["limit"]) == (66, 0, 100)
+    validate(page, "PaginatedResponse_WithUrls_Session")
+    r = expect(c.get("/v1/sessions", params={"limit": 50, "offset": 10}), 200)
+    page = r.json()
+    assert [s["id"] for s in page["data"]] == ids[::-1][10:60]
+    assert "offset=60" in page["next_url"] and "offset=0" in page["prev_url"]
+    # agents: the same, with their `agents` alias
+    names = ["big-agent-%d" % i for i in range(20)]
+    for n in names:
+        c.create_agent(n, system_prompt=prompt)
+    page = expect(c.get("/v1/agents", params={"limit": 100}), 200).json()
+    assert page["data"] == page["agents"]
+    assert [a["name"] for a in page["data"]] == names[::-1]
+    assert all(a["system_prompt"] == prompt for a in page["data"])
+    assert page["total"] == 20
+    # small pages are still one buffered answer with a length
+    r = expect(c.get("/v1/sessions", params={"limit": 2}), 200)
+    assert "Content-Length" in r.headers and len(r.json()["sessions"]) == 2
+    expect(c.get("/healthz"), 200)
