@@ -390,8 +390,83 @@ int event_cursor(struct req *r, const char *session_id, int sse, int64_t *after)
 
 /* ---- GET events ---- */
 
-#define EVENTS_PAGE 500       /* rows read from the store at a time */
-#define EVENTS_LIST_MAX 10000 /* events in one answer without `limit` */
+/*
+ * The answer is built in one buffer while it stays under LD_LIST_BUFFERED
+ * bytes, else streamed (reply_stream): "without limit, everything" may be a
+ * session's whole log, and 1,000 events of a megabyte do not fit one
+ * buffer (they were a 500, or a crash past the request arena).  The log
+ * is read a page at a time, each page in its own arena.  A streamed
+ * answer stops at the log's end as it was when the request came.
+ */
+#define EVENTS_PAGE 500 /* rows read from the store at a time */
+
+struct ev_stream {
+    struct store *st;
+    char session_id[ID_MAX];
+    struct event_filter f; /* its strings are the request's query: alive */
+    char *head;            /* what was built before streaming began */
+    int64_t cursor, upto;  /* forward: the last sequence done, the end */
+    int64_t *seqs;         /* limit: the sequences to send, in order */
+    int nseqs, iseq;
+    int n_out, done;
+};
+
+static void ev_put(struct ev_stream *x, struct buf *out, const char *body)
+{
+    if (x->n_out++) buf_putc(out, ',');
+    buf_puts(out, body);
+}
+
+static int ev_more(void *ud, struct buf *out)
+{
+    struct ev_stream *x = ud;
+    if (x->head) {
+        buf_puts(out, x->head);
+        free(x->head);
+        x->head = NULL;
+    }
+    while (!x->done && out->len < LD_STREAM_PIECE_TARGET) {
+        struct arena pa;
+        arena_init(&pa);
+        struct event_rec *rows;
+        int n;
+        if (x->seqs) { /* limit: one chosen event at a time */
+            if (x->iseq == x->nseqs) {
+                x->done = 1;
+                arena_free(&pa);
+                break;
+            }
+            int64_t q = x->seqs[x->iseq++];
+            if (store_events_page(x->st, x->session_id, q - 1, q, 1, 0, &pa, &rows, &n) != LD_OK) {
+                arena_free(&pa);
+                return -1;
+            }
+            if (n) ev_put(x, out, rows[0].body);
+        } else {
+            if (store_events_page(x->st, x->session_id, x->cursor, x->upto, EVENTS_PAGE, 0, &pa,
+                                  &rows, &n) != LD_OK) {
+                arena_free(&pa);
+                return -1;
+            }
+            for (int i = 0; i < n; i++)
+                if (event_filter_match(&x->f, rows[i].type)) ev_put(x, out, rows[i].body);
+            if (n) x->cursor = rows[n - 1].seq;
+            if (n < EVENTS_PAGE) x->done = 1;
+        }
+        arena_free(&pa);
+    }
+    if (!x->done) return 1;
+    buf_puts(out, "]}");
+    return 0;
+}
+
+static void ev_release(void *ud)
+{
+    struct ev_stream *x = ud;
+    free(x->head);
+    free(x->seqs);
+    free(x);
+}
 
 void h_events_list(struct req *r)
 {
@@ -421,92 +496,104 @@ void h_events_list(struct req *r)
         }
         if (v > after) after = v;
     }
+    char tc[24];
+    snprintf(tc, sizeof(tc), "%lld", (long long)store_events_total(r->st, s.id));
+    struct reply_header h = {"X-Total-Count", tc};
+    /* the end of the log now: a streamed answer stops there */
+    int64_t upto = store_events_max_seq(r->st, s.id);
     struct buf b;
-    buf_init(&b, LD_MAX_RESPONSE);
+    buf_init(&b, LD_LIST_BUFFERED + LD_MAX_STREAM_PIECE);
     buf_puts(&b, "{\"data\":[");
-    int n_out = 0;
-    char next_id[ID_MAX] = "";
-    /* The log is read a page at a time, each page in its own arena, so a
-     * request holds at most one page and what it answers, whatever the
-     * session's length. */
+    struct ev_stream *x = xcalloc(1, sizeof(*x));
+    x->st = r->st;
+    snprintf(x->session_id, sizeof(x->session_id), "%s", s.id);
+    x->f = f;
+    x->upto = upto;
+    int stream = 0;
     if (limit) {
-        /* the newest `limit` matches: read backwards from the end */
+        /* the newest `limit` matches: read backwards from the end; their
+         * bodies are kept while they fit the buffered answer, their
+         * sequences always (then the answer is streamed) */
         struct event_rec *keep = arena_alloc(&r->arena, sizeof(*keep) * (size_t)limit);
+        x->seqs = xcalloc((size_t)limit, sizeof(*x->seqs));
+        size_t kept_bytes = 0;
         int nkeep = 0;
-        for (int64_t upto = 0; nkeep < limit;) {
+        for (int64_t hi = upto; nkeep < limit && hi > after;) {
             struct arena pa;
             arena_init(&pa);
             struct event_rec *rows;
             int n;
-            if (store_events_page(r->st, s.id, after, upto, EVENTS_PAGE, 1, &pa, &rows, &n) !=
+            if (store_events_page(r->st, s.id, after, hi, EVENTS_PAGE, 1, &pa, &rows, &n) !=
                 LD_OK) {
                 arena_free(&pa);
                 buf_free(&b);
+                ev_release(x);
                 reply_problem(r, LD_E_STORAGE, "Storage error");
                 return;
             }
-            for (int i = n - 1; i >= 0 && nkeep < limit; i--)
-                if (event_filter_match(&f, rows[i].type))
-                    keep[nkeep++].body = arena_strdup(&r->arena, rows[i].body);
-            upto = n ? rows[0].seq - 1 : 0;
+            for (int i = n - 1; i >= 0 && nkeep < limit; i--) {
+                if (!event_filter_match(&f, rows[i].type)) continue;
+                x->seqs[nkeep] = rows[i].seq;
+                size_t len = strlen(rows[i].body);
+                kept_bytes += len + 1;
+                if (kept_bytes > LD_LIST_BUFFERED) stream = 1;
+                keep[nkeep++].body = stream ? NULL : arena_strndup(&r->arena, rows[i].body, len);
+            }
+            hi = n ? rows[0].seq - 1 : 0;
             arena_free(&pa);
-            if (n < EVENTS_PAGE || upto <= after) break;
+            if (n < EVENTS_PAGE) break;
         }
-        for (int i = nkeep - 1; i >= 0; i--) {
-            if (n_out++) buf_putc(&b, ',');
-            buf_puts(&b, keep[i].body);
+        x->nseqs = nkeep;
+        for (int i = 0, j = nkeep - 1; i < j; i++, j--) { /* oldest first */
+            int64_t t = x->seqs[i];
+            x->seqs[i] = x->seqs[j];
+            x->seqs[j] = t;
         }
+        if (!stream)
+            for (int i = nkeep - 1; i >= 0; i--)
+                ev_put(x, &b, keep[i].body);
     } else {
-        /* from the cursor on, as much as one response holds; the rest is
-         * the `next` link's (since_id of the last event answered) */
-        int more = 0;
-        for (int64_t cur = after; !more;) {
+        /* from the cursor on; past the buffered size, the rest streams */
+        x->cursor = after;
+        while (!x->done && !stream) {
             struct arena pa;
             arena_init(&pa);
             struct event_rec *rows;
             int n;
-            if (store_events_page(r->st, s.id, cur, 0, EVENTS_PAGE, 0, &pa, &rows, &n) != LD_OK) {
+            if (store_events_page(r->st, s.id, x->cursor, upto, EVENTS_PAGE, 0, &pa, &rows, &n) !=
+                LD_OK) {
                 arena_free(&pa);
                 buf_free(&b);
+                ev_release(x);
                 reply_problem(r, LD_E_STORAGE, "Storage error");
                 return;
             }
-            for (int i = 0; i < n && !more; i++) {
-                if (!event_filter_match(&f, rows[i].type)) continue;
-                if (n_out == EVENTS_LIST_MAX ||
-                    b.len + strlen(rows[i].body) + 64 > LD_MAX_RESPONSE) {
-                    more = 1;
+            for (int i = 0; i < n; i++) {
+                if (event_filter_match(&f, rows[i].type)) ev_put(x, &b, rows[i].body);
+                x->cursor = rows[i].seq;
+                if (b.len > LD_LIST_BUFFERED) {
+                    stream = 1;
                     break;
                 }
-                if (n_out++) buf_putc(&b, ',');
-                buf_puts(&b, rows[i].body);
-                snprintf(next_id, sizeof(next_id), "%s", rows[i].id);
             }
-            cur = n ? rows[n - 1].seq : cur;
+            if (!stream && n < EVENTS_PAGE) x->done = 1;
             arena_free(&pa);
-            if (n < EVENTS_PAGE) break;
         }
-        if (!more) next_id[0] = 0;
     }
-    buf_puts(&b, "]}");
-    char tc[24];
-    snprintf(tc, sizeof(tc), "%lld", (long long)store_events_total(r->st, s.id));
-    struct reply_header h[2] = {{"X-Total-Count", tc}, {"Link", NULL}};
-    if (!next_id[0]) {
-        reply_json_h(r, 200, &b, h, 1);
+    if (!stream) {
+        ev_release(x);
+        buf_puts(&b, "]}");
+        reply_json_h(r, 200, &b, &h, 1);
         return;
     }
-    struct buf link;
-    buf_init(&link, 8192);
-    buf_printf(&link, "</v1/sessions/%s/events?since_id=%s", s.id, next_id);
-    for (int i = 0; i < f.ntypes; i++)
-        buf_printf(&link, "&types=%s", f.types[i]); /* known type names: [a-z._] */
-    for (int i = 0; i < f.nexclude; i++)
-        buf_printf(&link, "&exclude=%s", f.exclude[i]);
-    buf_puts(&link, ">; rel=\"next\"");
-    h[1].value = link.data;
-    reply_json_h(r, 200, &b, h, 2);
-    buf_free(&link);
+    if (limit) {
+        buf_free(&b); /* rebuilt by the stream, from the sequences */
+        x->n_out = 0;
+        x->head = xstrdup("{\"data\":[");
+    } else {
+        x->head = buf_take(&b, NULL);
+    }
+    reply_stream_h(r, 200, "application/json", &h, 1, ev_more, ev_release, x);
 }
 
 /* ---- cancel ---- */

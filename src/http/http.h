@@ -79,6 +79,8 @@ void reply_empty(struct req *r, int status, const struct reply_header *h, int nh
 typedef int (*reply_more_fn)(void *ud, struct buf *out);
 void reply_stream(struct req *r, int status, const char *ctype, reply_more_fn more,
                   void (*release)(void *ud), void *ud);
+void reply_stream_h(struct req *r, int status, const char *ctype, const struct reply_header *h,
+                    int nh, reply_more_fn more, void (*release)(void *ud), void *ud);
 /* RFC 9457 problem; detail is printf-style, one line. */
 void reply_problem(struct req *r, enum ld_err e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

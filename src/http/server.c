@@ -429,7 +429,15 @@ void reply_json_h(struct req *r, int status, struct buf *body, const struct repl
 void reply_stream(struct req *r, int status, const char *ctype, reply_more_fn more,
                   void (*release)(void *ud), void *ud)
 {
+    reply_stream_h(r, status, ctype, NULL, 0, more, release, ud);
+}
+
+void reply_stream_h(struct req *r, int status, const char *ctype, const struct reply_header *h,
+                    int nh, reply_more_fn more, void (*release)(void *ud), void *ud)
+{
     struct resp *p = resp_new(status, ctype);
+    for (int i = 0; i < nh; i++)
+        resp_header(p, h[i].name, h[i].value);
     p->more = more;
     p->release = release;
     p->ud = ud;

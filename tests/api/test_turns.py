@@ -613,12 +613,12 @@ def _last_event(c, sid):
     return (r.json()["data"] or [None])[0]
 
 
-def test_events_of_a_log_bigger_than_one_answer_come_with_a_next_link(fresh_server):
-    """Without `limit` the log is answered from the cursor on as far as one
-    response holds (16 MiB or 10,000 events); a `Link: <...>; rel="next"`
-    (since_id of the last event answered) gives the rest.  It used to be a
-    500 once the log passed the size limit.  The messages of such a log are
-    streamed."""
+def test_events_and_messages_of_a_log_bigger_than_one_buffer_are_streamed(fresh_server):
+    """Without `limit` the whole log is answered (as the spec says), and
+    with `limit` up to 1,000 events: past 4 MiB the answer is streamed
+    (chunked) instead of built in one buffer, where a log past 16 MiB was a
+    500 and 1,000 big events crashed loopd.  The messages of such a log are
+    streamed too."""
     srv = fresh_server()
     c = srv.client()
     sid = c.create_session()["id"]
@@ -628,18 +628,25 @@ def test_events_of_a_log_bigger_than_one_answer_come_with_a_next_link(fresh_serv
         wait_for(lambda: (_last_event(c, sid) or {}).get("type") == "session.idled"
                  and get_session(c, sid)["status"] == "idle", what="turn %d to end" % i)
     last_seq = _last_event(c, sid)["sequence"]
-    got, pages = [], 0
-    url, params = "/v1/sessions/%s/events" % sid, None
-    while url:
-        r = expect(c.get(url, params=params), 200)
-        pages += 1
-        got += r.json()["data"]
-        nxt = r.links.get("next")
-        url, params = (nxt["url"] if nxt else None), None
-        assert pages < 10
-    assert pages >= 2
-    assert [e["sequence"] for e in got] == list(range(1, last_seq + 1))
-    assert sum(1 for e in got if e["type"] == "input.message") == 9
+    non_delta = None
+    for params in (None, {"limit": 1000}, {"since_id": None}):
+        if params and "since_id" in params:
+            params = {"since_id": first_id}
+        r = expect(c.get("/v1/sessions/%s/events" % sid, params=params), 200)
+        assert r.headers.get("Transfer-Encoding") == "chunked", params
+        got = r.json()["data"]
+        seqs = [e["sequence"] for e in got]
+        assert seqs == list(range(2 if params and "since_id" in params else 1, last_seq + 1)), params
+        assert sum(1 for e in got if e["type"] == "input.message") == \
+            (8 if params and "since_id" in params else 9)
+        if non_delta is None:
+            first_id = got[0]["id"]
+            non_delta = len([e for e in got if e["type"] != "output.message.delta"])
+        assert r.headers["X-Total-Count"] == str(non_delta)
+    r = expect(c.get("/v1/sessions/%s/events" % sid,
+                     params={"limit": 3, "types": "input.message"}), 200)
+    assert [e["data"]["message"]["content"][0]["text"] for e in r.json()["data"]] == \
+        [big + str(i) for i in (6, 7, 8)]
 
     # the messages of that log (~17 MB, twice: `data` and `messages`) are
     # streamed, chunked, instead of built in one buffer (which was a 500)
