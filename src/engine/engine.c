@@ -1884,16 +1884,20 @@ static int resume_turn(struct engine *e, struct live *ls, const char *tid)
 
 int engine_recover(struct engine *e)
 {
-    struct arena a;
+    struct arena a, ra; /* ra: one session at a time, emptied after it */
     arena_init(&a);
-    struct session_rec *rows;
+    arena_init(&ra);
+    struct session_ref *refs;
     int n;
-    store_sessions_running(e->st, &a, &rows, &n);
+    store_sessions_running(e->st, &a, &refs, &n);
     for (int i = 0; i < n; i++) {
-        struct live *ls = live_get(e, &rows[i]);
-        const char *tid = rows[i].turn_id[0] ? rows[i].turn_id : "";
+        arena_reset(&ra);
+        struct session_rec row;
+        if (store_session_get(e->st, refs[i].org_id, refs[i].id, "", &ra, &row) != LD_OK) continue;
+        struct live *ls = live_get(e, &row);
+        const char *tid = row.turn_id[0] ? row.turn_id : "";
         if (tid[0] && resume_turn(e, ls, tid)) {
-            log_warn("resuming a turn left running", "session", rows[i].id, "turn", tid, NULL);
+            log_warn("resuming a turn left running", "session", row.id, "turn", tid, NULL);
             continue;
         }
         struct batch *b = batch_new(e, ls, NULL);
@@ -1919,8 +1923,9 @@ int engine_recover(struct engine *e)
         b->upd.outcome = TO_FAILED;
         b->upd.turn_id = "";
         batch_submit(b);
-        log_warn("recovered a turn left running", "session", rows[i].id, "turn", tid, NULL);
+        log_warn("recovered a turn left running", "session", row.id, "turn", tid, NULL);
     }
+    arena_free(&ra);
     arena_free(&a);
     return n;
 }

@@ -937,26 +937,26 @@ enum ld_err store_messages_page(struct store *st, const char *session_id, int64_
     return rc == SQLITE_DONE ? LD_OK : LD_E_STORAGE;
 }
 
-void store_sessions_running(struct store *st, struct arena *a, struct session_rec **rows, int *n)
+void store_sessions_running(struct store *st, struct arena *a, struct session_ref **refs, int *n)
 {
-    static char sql[1024];
-    if (!sql[0])
-        snprintf(sql, sizeof(sql), "%s WHERE s.status IN (%d, %d) AND ?1 IS NOT NULL",
-                 session_select(), SS_ACTIVE, SS_WAITING);
     *n = 0;
     int cap = 64;
-    *rows = arena_alloc(a, sizeof(struct session_rec) * (size_t)cap);
+    *refs = arena_alloc(a, sizeof(struct session_ref) * (size_t)cap);
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SELECT org_id, id FROM sessions WHERE status IN (%d, %d)",
+             SS_ACTIVE, SS_WAITING);
     sqlite3_stmt *s = conn_stmt(&st->rd, sql);
     if (!s) return;
-    bind_text(s, 1, "");
     while (sqlite3_step(s) == SQLITE_ROW) {
         if (*n == cap) {
-            struct session_rec *g = arena_alloc(a, sizeof(struct session_rec) * (size_t)cap * 2);
-            memcpy(g, *rows, sizeof(struct session_rec) * (size_t)cap);
-            *rows = g;
+            struct session_ref *g = arena_alloc(a, sizeof(struct session_ref) * (size_t)cap * 2);
+            memcpy(g, *refs, sizeof(struct session_ref) * (size_t)cap);
+            *refs = g;
             cap *= 2;
         }
-        read_session(s, a, &(*rows)[(*n)++]);
+        struct session_ref *r = &(*refs)[(*n)++];
+        col_copy(s, 0, r->org_id, sizeof(r->org_id));
+        col_copy(s, 1, r->id, sizeof(r->id));
     }
     sqlite3_reset(s);
 }

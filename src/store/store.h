@@ -217,7 +217,13 @@ enum ld_err store_messages_page(struct store *st, const char *session_id, int64_
                                 void (*fn)(const char *json, int64_t seq, void *ud), void *ud,
                                 int *n);
 /* Sessions whose status says a turn runs (active, waiting): for recovery. */
-void store_sessions_running(struct store *st, struct arena *a, struct session_rec **rows, int *n);
+/* The sessions left active or waiting (at start: a crash left them so);
+ * only their ids, since each record may be a megabyte: read them one at a
+ * time with store_session_get. */
+struct session_ref {
+    char org_id[ID_MAX], id[ID_MAX];
+};
+void store_sessions_running(struct store *st, struct arena *a, struct session_ref **refs, int *n);
 
 /* ---- what server-side tools read ---- */
 /* value of a key (secret: whether it is one); LD_E_NOT_FOUND if none */

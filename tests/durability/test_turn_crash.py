@@ -201,3 +201,45 @@ def test_crash_between_tool_ledger_and_tool_run_runs_each_call_once():
     finally:
         if srv.alive():
             srv.stop(signal.SIGKILL)
+
+
+def test_restart_with_many_running_sessions_of_megabyte_prompts():
+    """Recovery read every running session whole into one arena: 70 turns
+    left running on sessions with 1 MiB system prompts at a crash (70 MiB,
+    past the arena's 64 MiB) made loopd abort at every start.  It reads them
+    one at a time now.  The turns wait for a client-side tool's result, so
+    every one is still running at the kill whatever the machine's speed;
+    after the restart each waits again and completes with its result."""
+    srv = h.start_server()
+    try:
+        c = srv.client()
+        prompt = "q" * ((1 << 20) - 16)
+        tool = {"type": "client_side", "name": "ask_user", "description": "ask",
+                "parameters": {"type": "object"}}
+        sids = [c.create_session({"system_prompt": prompt, "tools": [tool]})["id"]
+                for _ in range(70)]
+        for sid in sids:
+            h.post_message(c, sid, "need input",
+                           {"tools": [{"name": "ask_user", "arguments": {"q": "ok?"}}]})
+        for sid in sids:
+            h.wait_for(lambda: h.get_session(c, sid)["status"] == "waitingfortoolresults",
+                       what="waiting")
+        srv.expect_dead = True
+        srv.stop(signal.SIGKILL)
+        srv.expect_dead = False
+        srv.start()
+        c = srv.client()
+        for sid in sids:
+            assert h.get_session(c, sid)["status"] == "waitingfortoolresults"
+            call = [e for e in h.get_events(c, sid)
+                    if e["type"] == "tool.call_requested"][-1]["data"]["tool_calls"][0]
+            h.expect(c.post("/v1/sessions/%s/tool-results" % sid,
+                            {"tool_results": [{"tool_call_id": call["id"], "result": "yes"}]}), 200)
+        for sid in sids:
+            log = h.wait_turn_end(c, sid, 1, timeout=60)
+            assert [e["type"] for e in log][-2:] == ["turn.completed", "session.idled"]
+        assert h.get_session(c, sids[0])["system_prompt"] == prompt
+        stats = h.expect(c.get("/v1/sessions/stats"), 200).json()
+        assert stats.get("active", 0) == 0 and stats.get("waitingfortoolresults", 0) == 0
+    finally:
+        srv.stop_clean()
