@@ -1145,14 +1145,19 @@ static void step_call(struct engine *e, struct turn *t, const struct builtin_mod
     const struct llm_provider *prov =
         strcmp(model->provider, "anthropic") == 0 ? &e->anthropic : &e->openai;
     t->refs++; /* held by the call until call_done or cancel */
-    t->call = llm_start(e->llm, prov, model->name, msgs.data, ls->tool_defs,
-                        ls->parallel_tool_calls, call_delta, call_done, t);
+    /* a history past the buffer would go out cut, as invalid JSON */
+    t->call = msgs.overflow ? NULL
+                            : llm_start(e->llm, prov, model->name, msgs.data, ls->tool_defs,
+                                        ls->parallel_tool_calls, call_delta, call_done, t);
+    int too_big = msgs.overflow;
     buf_free(&msgs);
     if (!t->call) {
         t->refs--;
         struct llm_result r = {.text = "",
                                .error_code = "llm_error",
-                               .error_text = "The model call could not be started."};
+                               .error_text = too_big ? "The session's history is over 64 MiB, more "
+                                                       "than is sent to a model."
+                                                     : "The model call could not be started."};
         t->refs++;
         call_done(t, &r);
     }
