@@ -8,9 +8,14 @@
 #define LOOPD_LIMITS_H
 
 /* Request body.  Upstream's framework default is 2 MiB; 1 MiB covers a 1 MiB
- * system prompt only just, so the default is 2 MiB and the hard bound 64 MiB. */
+ * system prompt only just, so the default is 2 MiB.  The hard bound is
+ * 16 MiB: a message of N bytes takes about 2N of its request's arena (the
+ * text, then the stored message) and 4N of the batch that stores it, and
+ * the arena is capped (LD_ARENA_MAX, past it loopd aborts).  It was 64 MiB
+ * with a 64 MiB arena: a 40 MB message crashed a server run with
+ * --max-body 64 MiB. */
 #define LD_DEFAULT_MAX_BODY (2u * 1024 * 1024)
-#define LD_MAX_BODY_BOUND (64u * 1024 * 1024)
+#define LD_MAX_BODY_BOUND (16u * 1024 * 1024)
 
 /* Request headers in all (names + values); the request line may add
  * 8 KiB (http/server.c).  The hard bound keeps a connection's input buffer
@@ -54,8 +59,9 @@
 #define LD_PAGE_MAX 100
 #define LD_SEARCH_MAX 255
 
-/* Response buffers: a session with a 1 MiB prompt and 5 MiB of files. */
-#define LD_MAX_RESPONSE (16u * 1024 * 1024)
+/* Response buffers: an answer that echoes the largest body (a message) with
+ * its envelope; lists and logs past 4 MiB are streamed, not buffered. */
+#define LD_MAX_RESPONSE (LD_MAX_BODY_BOUND + 4u * 1024 * 1024)
 /* One piece of a streamed answer (reply_stream): pieces hold whole items
  * (a message up to the response bound) and stop growing past 256 KiB. */
 #define LD_MAX_STREAM_PIECE (LD_MAX_RESPONSE + 1024u * 1024)
@@ -68,7 +74,11 @@
 /* Most operations committed in one transaction (group commit). */
 #define LD_WRITER_BATCH_MAX 512
 
-/* Per-request arena: hard cap on what one request may allocate. */
-#define LD_ARENA_MAX (64u * 1024 * 1024)
+/* Per-request (and per-batch) arena: hard cap on what one may allocate;
+ * past it loopd aborts, as on a bug.  The largest user of it is a message
+ * of the largest body: the batch that stores it holds the message, the
+ * event's data, its body and the stored message (4 copies, measured with
+ * a 16 MiB message); 6 leave room. */
+#define LD_ARENA_MAX (6u * LD_MAX_BODY_BOUND)
 
 #endif

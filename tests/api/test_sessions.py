@@ -735,3 +735,26 @@ def test_sigterm_finishes_inflight_writes(fresh_server):
         got = expect(c.get("/v1/sessions/" + s["id"]), 200).json()
         assert got["title"] == s["title"]
     assert expect(c.get("/v1/sessions/stats"), 200).json()["total"] >= len(acked)
+
+
+def test_the_largest_body_the_bound_allows_is_served(fresh_server, tmp_path):
+    """--max-body is bounded at 16 MiB: a message of that size is taken,
+    stored and listed, and the server stays up (with the old 64 MiB bound a
+    40 MB message aborted it: a message needs about twice its size of the
+    request's 64 MiB arena).  A larger --max-body is refused at start."""
+    import subprocess
+    from conftest import LOOPD_BIN, post_message, wait_turn_end
+    bound = 16 * 1024 * 1024
+    res = subprocess.run([LOOPD_BIN, "--max-body", str(bound + 1), "--data-dir", str(tmp_path)],
+                         capture_output=True, timeout=10)
+    assert res.returncode != 0 and b"max-body" in res.stderr, res
+    srv = fresh_server(["--max-body", str(bound)])
+    c = srv.client()
+    sid = c.create_session()["id"]
+    text = "m" * (bound - 200)
+    post_message(c, sid, text)
+    log = wait_turn_end(c, sid, timeout=60)
+    assert log[0]["data"]["message"]["content"][0]["text"] == text
+    msgs = expect(c.get("/v1/sessions/%s/messages" % sid), 200).json()
+    assert msgs["data"][0]["content"][0]["text"] == text
+    expect(c.get("/healthz"), 200)

@@ -200,9 +200,9 @@ static void test_numbers_bounds(void **state)
     char *lo[] = {"loopd", "--max-body=1024"};
     assert_int_equal(config_load(&c, ARGC(lo), lo, NULL), 0);
     assert_int_equal(c.max_body, 1024);
-    char *hi[] = {"loopd", "--max-body=67108864"};
+    char *hi[] = {"loopd", "--max-body=16777216"}; /* LD_MAX_BODY_BOUND */
     assert_int_equal(config_load(&c, ARGC(hi), hi, NULL), 0);
-    assert_int_equal(c.max_body, 67108864);
+    assert_int_equal(c.max_body, 16777216);
     char *zero[] = {"loopd", "--max-tags=0", "--shutdown-timeout=0"};
     assert_int_equal(config_load(&c, ARGC(zero), zero, NULL), 0);
     assert_int_equal(c.max_tags, 0);
@@ -214,7 +214,7 @@ static void test_out_of_range(void **state)
     struct config c;
     char *below[] = {"loopd", "--max-body=1023"};
     assert_int_equal(load_quiet(&c, ARGC(below), below, NULL), -1);
-    char *above[] = {"loopd", "--max-body=67108865"};
+    char *above[] = {"loopd", "--max-body=16777217"};
     assert_int_equal(load_quiet(&c, ARGC(above), above, NULL), -1);
     char *neg[] = {"loopd", "--request-timeout=-1"};
     assert_int_equal(load_quiet(&c, ARGC(neg), neg, NULL), -1);
