@@ -66,6 +66,9 @@
  * (a message up to the response bound) and stop growing past 256 KiB. */
 #define LD_MAX_STREAM_PIECE (LD_MAX_RESPONSE + 1024u * 1024)
 #define LD_STREAM_PIECE_TARGET (256u * 1024)
+/* A page of events read from the store stops early past this many bytes
+ * of bodies (an event may be as big as the largest body). */
+#define LD_EVENTS_PAGE_BYTES (8u * 1024 * 1024)
 /* A list page past this many bytes is streamed (api.h, list_page). */
 #define LD_LIST_BUFFERED (4u * 1024 * 1024)
 

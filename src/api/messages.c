@@ -437,21 +437,24 @@ static int ev_more(void *ud, struct buf *out)
                 break;
             }
             int64_t q = x->seqs[x->iseq++];
-            if (store_events_page(x->st, x->session_id, q - 1, q, 1, 0, &pa, &rows, &n) != LD_OK) {
+            int more;
+            if (store_events_page(x->st, x->session_id, q - 1, q, 1, 0, &pa, &rows, &n, &more) !=
+                LD_OK) {
                 arena_free(&pa);
                 return -1;
             }
             if (n) ev_put(x, out, rows[0].body);
         } else {
+            int more;
             if (store_events_page(x->st, x->session_id, x->cursor, x->upto, EVENTS_PAGE, 0, &pa,
-                                  &rows, &n) != LD_OK) {
+                                  &rows, &n, &more) != LD_OK) {
                 arena_free(&pa);
                 return -1;
             }
             for (int i = 0; i < n; i++)
                 if (event_filter_match(&x->f, rows[i].type)) ev_put(x, out, rows[i].body);
             if (n) x->cursor = rows[n - 1].seq;
-            if (n < EVENTS_PAGE) x->done = 1;
+            if (!more) x->done = 1;
         }
         arena_free(&pa);
     }
@@ -522,8 +525,8 @@ void h_events_list(struct req *r)
             struct arena pa;
             arena_init(&pa);
             struct event_rec *rows;
-            int n;
-            if (store_events_page(r->st, s.id, after, hi, EVENTS_PAGE, 1, &pa, &rows, &n) !=
+            int n, more;
+            if (store_events_page(r->st, s.id, after, hi, EVENTS_PAGE, 1, &pa, &rows, &n, &more) !=
                 LD_OK) {
                 arena_free(&pa);
                 buf_free(&b);
@@ -541,7 +544,7 @@ void h_events_list(struct req *r)
             }
             hi = n ? rows[0].seq - 1 : 0;
             arena_free(&pa);
-            if (n < EVENTS_PAGE) break;
+            if (!more) break;
         }
         x->nseqs = nkeep;
         for (int i = 0, j = nkeep - 1; i < j; i++, j--) { /* oldest first */
@@ -559,9 +562,9 @@ void h_events_list(struct req *r)
             struct arena pa;
             arena_init(&pa);
             struct event_rec *rows;
-            int n;
-            if (store_events_page(r->st, s.id, x->cursor, upto, EVENTS_PAGE, 0, &pa, &rows, &n) !=
-                LD_OK) {
+            int n, more;
+            if (store_events_page(r->st, s.id, x->cursor, upto, EVENTS_PAGE, 0, &pa, &rows, &n,
+                                  &more) != LD_OK) {
                 arena_free(&pa);
                 buf_free(&b);
                 ev_release(x);
@@ -576,7 +579,7 @@ void h_events_list(struct req *r)
                     break;
                 }
             }
-            if (!stream && n < EVENTS_PAGE) x->done = 1;
+            if (!stream && !more) x->done = 1;
             arena_free(&pa);
         }
     }

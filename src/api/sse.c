@@ -195,8 +195,8 @@ static void replay_page(struct sse *x)
     struct arena a;
     arena_init(&a);
     struct event_rec *rows;
-    int n = 0;
-    if (store_events_page(x->st, x->session_id, x->cursor, 0, SSE_PAGE, 0, &a, &rows, &n) !=
+    int n = 0, more = 0;
+    if (store_events_page(x->st, x->session_id, x->cursor, 0, SSE_PAGE, 0, &a, &rows, &n, &more) !=
         LD_OK) {
         end_stream(x);
         arena_free(&a);
@@ -218,7 +218,7 @@ static void replay_page(struct sse *x)
         }
         x->cursor = rows[i].seq;
     }
-    if (i == n && n < SSE_PAGE) x->live = 1;
+    if (i == n && !more) x->live = 1;
     arena_free(&a);
 }
 

@@ -1802,22 +1802,17 @@ static void replay_event(struct replay *r, json_t *ev, struct live *ls)
 
 static int resume_turn(struct engine *e, struct live *ls, const char *tid)
 {
+    /* the turn's start, the newest input before it, then the turn's own
+     * events a page at a time (each page in its own arena: events may be
+     * megabytes) */
     struct arena a;
     arena_init(&a);
-    struct event_rec *rows;
-    int n = 0;
-    int64_t max = store_events_max_seq(e->st, ls->id);
-    store_events_page(e->st, ls->id, max > 4000 ? max - 4000 : 0, 0, 4000, 0, &a, &rows, &n);
-    int start = -1;
-    for (int i = n - 1; i >= 0 && start < 0; i--)
-        if (strcmp(rows[i].type, "turn.started") == 0 && rows[i].turn_id &&
-            strcmp(rows[i].turn_id, tid) == 0)
-            start = i;
-    if (start < 0) {
+    struct event_rec start;
+    if (store_event_find(e->st, ls->id, "turn.started", tid, 0, &a, &start) != LD_OK) {
         arena_free(&a);
         return 0;
     }
-    json_t *ts = json_loads(rows[start].body, 0, NULL);
+    json_t *ts = json_loads(start.body, 0, NULL);
     const char *input =
         json_string_value(json_object_get(json_object_get(ts, "data"), "input_message_id"));
     struct turn *t = turn_new(e, ls, input ? input : "");
@@ -1826,20 +1821,29 @@ static int resume_turn(struct engine *e, struct live *ls, const char *tid)
     struct replay r;
     memset(&r, 0, sizeof(r));
     r.t = t;
-    /* the newest input before the turn, then the turn's own events */
-    for (int i = start; i >= 0; i--)
-        if (strcmp(rows[i].type, "input.message") == 0) {
-            json_t *ev = json_loads(rows[i].body, 0, NULL);
-            replay_event(&r, ev, ls);
-            json_decref(ev);
-            break;
-        }
-    for (int i = start + 1; i < n; i++) {
-        json_t *ev = json_loads(rows[i].body, 0, NULL);
+    struct event_rec in;
+    if (store_event_find(e->st, ls->id, "input.message", NULL, start.seq + 1, &a, &in) == LD_OK) {
+        json_t *ev = json_loads(in.body, 0, NULL);
         replay_event(&r, ev, ls);
         json_decref(ev);
     }
+    int64_t cur = start.seq;
     arena_free(&a);
+    for (int more = 1; more;) {
+        struct arena pa;
+        arena_init(&pa);
+        struct event_rec *rows;
+        int n = 0;
+        if (store_events_page(e->st, ls->id, cur, 0, 500, 0, &pa, &rows, &n, &more) != LD_OK)
+            more = 0;
+        for (int i = 0; i < n; i++) {
+            json_t *ev = json_loads(rows[i].body, 0, NULL);
+            replay_event(&r, ev, ls);
+            json_decref(ev);
+            cur = rows[i].seq;
+        }
+        arena_free(&pa);
+    }
     free(ls->last_text);
     ls->last_text = xstrdup(r.input_text);
     free(ls->last_hints);

@@ -7,6 +7,7 @@
  * connection of their own, never on the loop.
  */
 #include "core/builtins.h"
+#include "limits.h"
 #include "store/sqlite_int.h"
 #include "util/sha256.h"
 #include "util/timeutil.h"
@@ -857,6 +858,10 @@ enum ld_err store_event_seq(struct store *st, const char *session_id, const char
     return e;
 }
 
+/* sequence, id, type, ts, turn_id, body (not `message`: no reader of a
+ * page needs it, and it may be as big as the body) */
+#define EVENT_COLS "sequence, id, type, ts, turn_id, body"
+
 static void read_event(sqlite3_stmt *s, struct arena *a, struct event_rec *e)
 {
     memset(e, 0, sizeof(*e));
@@ -866,31 +871,42 @@ static void read_event(sqlite3_stmt *s, struct arena *a, struct event_rec *e)
     e->ts = sqlite3_column_int64(s, 3);
     e->turn_id = col_text(s, 4, a);
     e->body = col_text(s, 5, a);
-    e->message = col_text(s, 6, a);
 }
 
 enum ld_err store_events_page(struct store *st, const char *session_id, int64_t after, int64_t upto,
                               long limit, int last, struct arena *a, struct event_rec **rows,
-                              int *n)
+                              int *n, int *more)
 {
     /* `last`: the newest `limit` rows, read backwards then reversed */
     sqlite3_stmt *s = conn_stmt(
-        &st->rd, last ? "SELECT sequence, id, type, ts, turn_id, body, message FROM events"
+        &st->rd, last ? "SELECT " EVENT_COLS " FROM events"
                         " WHERE session_id = ?1 AND sequence > ?2 AND (?3 = 0 OR sequence <= ?3)"
                         " ORDER BY sequence DESC LIMIT ?4"
-                      : "SELECT sequence, id, type, ts, turn_id, body, message FROM events"
+                      : "SELECT " EVENT_COLS " FROM events"
                         " WHERE session_id = ?1 AND sequence > ?2 AND (?3 = 0 OR sequence <= ?3)"
                         " ORDER BY sequence LIMIT ?4");
+    *n = 0;
+    *more = 0;
     if (!s) return LD_E_STORAGE;
     bind_text(s, 1, session_id);
     sqlite3_bind_int64(s, 2, after);
     sqlite3_bind_int64(s, 3, upto);
     sqlite3_bind_int64(s, 4, limit);
     *rows = arena_alloc(a, sizeof(struct event_rec) * (size_t)(limit > 0 ? limit : 1));
-    *n = 0;
-    while (*n < limit && sqlite3_step(s) == SQLITE_ROW)
+    size_t bytes = 0;
+    int rc = SQLITE_DONE;
+    while (*n < limit) {
+        if (bytes >= LD_EVENTS_PAGE_BYTES) { /* a page of big events: stop early */
+            *more = 1;
+            break;
+        }
+        if ((rc = sqlite3_step(s)) != SQLITE_ROW) break;
         read_event(s, a, &(*rows)[(*n)++]);
+        bytes += (size_t)sqlite3_column_bytes(s, 5);
+    }
+    if (*n == limit) *more = 1;
     sqlite3_reset(s);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return LD_E_STORAGE;
     if (last)
         for (int i = 0, j = *n - 1; i < j; i++, j--) {
             struct event_rec t = (*rows)[i];
@@ -898,6 +914,27 @@ enum ld_err store_events_page(struct store *st, const char *session_id, int64_t 
             (*rows)[j] = t;
         }
     return LD_OK;
+}
+
+enum ld_err store_event_find(struct store *st, const char *session_id, const char *type,
+                             const char *turn_id, int64_t before, struct arena *a,
+                             struct event_rec *out)
+{
+    sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT " EVENT_COLS " FROM events"
+                                         " WHERE session_id = ?1 AND type = ?2"
+                                         " AND (?3 IS NULL OR turn_id = ?3)"
+                                         " AND (?4 = 0 OR sequence < ?4)"
+                                         " ORDER BY sequence DESC LIMIT 1");
+    if (!s) return LD_E_STORAGE;
+    bind_text(s, 1, session_id);
+    bind_text(s, 2, type);
+    bind_text_opt(s, 3, turn_id);
+    sqlite3_bind_int64(s, 4, before);
+    int rc = sqlite3_step(s);
+    enum ld_err e = rc == SQLITE_ROW ? LD_OK : rc == SQLITE_DONE ? LD_E_NOT_FOUND : LD_E_STORAGE;
+    if (e == LD_OK) read_event(s, a, out);
+    sqlite3_reset(s);
+    return e;
 }
 
 enum ld_err store_messages(struct store *st, const char *session_id,

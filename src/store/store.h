@@ -203,10 +203,18 @@ int64_t store_events_total(struct store *st, const char *session_id);
 enum ld_err store_event_seq(struct store *st, const char *session_id, const char *event_id,
                             int64_t *seq);
 /* Up to `limit` events with after < sequence <= upto (upto 0 = no bound),
- * ascending (or the LAST `limit` of them when `last` is set). */
+ * ascending (or the LAST `limit` of them when `last` is set), fewer once
+ * the rows read hold LD_EVENTS_PAGE_BYTES (at least one row).  *more: the
+ * page stopped at `limit` or at that size, so rows may follow.  `message`
+ * is not read (NULL). */
 enum ld_err store_events_page(struct store *st, const char *session_id, int64_t after, int64_t upto,
                               long limit, int last, struct arena *a, struct event_rec **rows,
-                              int *n);
+                              int *n, int *more);
+/* The newest event of `type` (and of `turn_id` unless NULL) with a
+ * sequence below `before` (0: any); LD_E_NOT_FOUND if none. */
+enum ld_err store_event_find(struct store *st, const char *session_id, const char *type,
+                             const char *turn_id, int64_t before, struct arena *a,
+                             struct event_rec *out);
 /* Messages (in event order), calling fn with each Message JSON. */
 enum ld_err store_messages(struct store *st, const char *session_id,
                            void (*fn)(const char *json, void *ud), void *ud);
