@@ -97,13 +97,16 @@ static void list_one(struct lister *l, const char *path, const char *content)
         buf_printf(l->out, "%s%s", l->n++ ? "\n" : "", path);
         return;
     }
+    /* lines are searched in place: copying each one (to the batch's arena)
+     * made a grep cost as much memory as all the session's files */
+    size_t plen = strlen(l->pattern);
     int line = 1;
     for (const char *p = content; p && *p; line++) {
         const char *nl = strchr(p, '\n');
         size_t len = nl ? (size_t)(nl - p) : strlen(p);
-        char *ln = arena_strndup(l->c->a, p, len);
-        if (strstr(ln, l->pattern))
-            buf_printf(l->out, "%s%s:%d: %.200s", l->n++ ? "\n" : "", path, line, ln);
+        if (memmem(p, len, l->pattern, plen))
+            buf_printf(l->out, "%s%s:%d: %.*s", l->n++ ? "\n" : "", path, line,
+                       (int)(len < 200 ? len : 200), p);
         p = nl ? nl + 1 : NULL;
     }
 }
@@ -124,16 +127,14 @@ static void list_files(struct tool_ctx *c, struct buf *out, const char *prefix, 
     json_array_foreach(json_object_get(x, "initial_files"), i, f)
     {
         const char *p = norm_path(c->a, json_string_value(json_object_get(f, "path")));
-        const char *dummy;
         if (p && !pending(c, TE_FILE_WRITE, p) &&
-            store_file_get(c->st, c->session->id, p, c->a, &dummy) != LD_OK)
+            store_file_get(c->st, c->session->id, p, NULL, NULL) != LD_OK)
             list_one(&l, p, json_string_value(json_object_get(f, "content")));
     }
     json_decref(x);
     for (int k = 0; k < c->neffects; k++)
         if (c->effects[k].kind == TE_FILE_WRITE) {
-            const char *dummy;
-            if (store_file_get(c->st, c->session->id, c->effects[k].key, c->a, &dummy) != LD_OK)
+            if (store_file_get(c->st, c->session->id, c->effects[k].key, NULL, NULL) != LD_OK)
                 list_one(&l, c->effects[k].key, c->effects[k].value);
         }
     if (!l.n) buf_puts(out, pattern ? "(no matches)" : "(no files)");

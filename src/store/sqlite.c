@@ -1038,7 +1038,7 @@ enum ld_err store_file_get(struct store *st, const char *session_id, const char 
     bind_text(s, 2, path);
     enum ld_err e = LD_E_NOT_FOUND;
     if (sqlite3_step(s) == SQLITE_ROW) {
-        *content = col_text(s, 0, a);
+        if (a) *content = col_text(s, 0, a);
         e = LD_OK;
     }
     sqlite3_reset(s);

@@ -239,6 +239,7 @@ enum ld_err store_kv_get(struct store *st, const char *session_id, const char *k
                          const char **value, int *secret);
 void store_kv_list(struct store *st, const char *session_id,
                    void (*fn)(const char *key, int secret, void *ud), void *ud);
+/* a: NULL to ask whether the file exists only (content is not read) */
 enum ld_err store_file_get(struct store *st, const char *session_id, const char *path,
                            struct arena *a, const char **content);
 void store_files_list(struct store *st, const char *session_id,
