@@ -70,6 +70,7 @@ enum conn_state { CS_NEW, CS_IDLE, CS_BODY, CS_BUSY, CS_WRITE, CS_LINGER };
 #define READ_CHUNK 16384
 #define IN_FIRST 4096 /* a connection's first input buffer: most requests fit */
 #define LINGER_US (2 * 1000000)
+#define STREAM_PIECES_PER_TURN 4 /* pieces of a streamed answer per loop iteration */
 #define IP_BUCKETS 1024
 
 struct resp {
@@ -765,6 +766,9 @@ static int next_piece(struct hconn *c)
 
 static void flush_out(struct hconn *c)
 {
+    /* a streamed body yields to the loop every few pieces: a fast reader
+     * of a long answer must not hold up every other connection */
+    int pieces = 0;
 again:
     while (c->niov) {
         struct iovec *v = c->iov;
@@ -794,9 +798,17 @@ again:
         if (c->iov[c->niov - 1].iov_len == 0) c->niov = 0;
         c->deadline = now_us() + c->s->cfg->request_timeout * 1000000;
     }
+    struct resp *rp = c->r ? c->r->resp : NULL;
+    if (pieces == STREAM_PIECES_PER_TURN && rp && rp->more && !rp->ended) {
+        watch(c, EPOLLOUT); /* writable: back on the next loop iteration */
+        return;
+    }
     int k = next_piece(c);
     if (k < 0) return;
-    if (k > 0) goto again;
+    if (k > 0) {
+        pieces++;
+        goto again;
+    }
     request_done(c);
 }
 
