@@ -513,7 +513,7 @@ static void list_bind(sqlite3_stmt *s, const char *org_id, const struct session_
 
 enum ld_err store_session_list(struct store *st, const char *org_id, const char *user_id,
                                const struct session_filter *f, struct arena *a,
-                               void (*fn)(const struct session_rec *s, void *ud), void *ud,
+                               int (*fn)(const struct session_rec *s, void *ud), void *ud,
                                int64_t *total)
 {
     char *like = f->search ? like_pattern(a, f->search) : NULL;
@@ -554,15 +554,41 @@ enum ld_err store_session_list(struct store *st, const char *org_id, const char 
      * of 1 MiB */
     struct arena ra;
     arena_init(&ra);
-    for (long k = 0; k < f->limit && sqlite3_step(s) == SQLITE_ROW; k++) {
+    long k = 0;
+    int ids_only = 0;
+    while (k < f->limit && !ids_only && sqlite3_step(s) == SQLITE_ROW) {
         struct session_rec r;
         read_session(s, &ra, &r);
         r.pinned = sqlite3_column_int(s, SESSION_NCOLS);
-        fn(&r, ud);
+        ids_only = fn(&r, ud);
         arena_reset(&ra);
+        k++;
     }
     arena_free(&ra);
     sqlite3_reset(s);
+    if (ids_only && k < f->limit) {
+        /* fn wants only ids now: a query of ids alone, which does not
+         * read the rows (SQLite reads every selected column of a row) */
+        buf_reset(&q);
+        buf_puts(&q, "SELECT s.id FROM sessions s");
+        list_where(&q, f);
+        buf_puts(&q, f->order_activity ? " ORDER BY s.last_activity_at DESC, s.seq DESC"
+                                       : " ORDER BY s.created_at DESC, s.seq DESC");
+        buf_puts(&q, " LIMIT ?7 OFFSET ?8");
+        s = conn_stmt(&st->rd, q.data);
+        if (!s) goto fail;
+        bind_text(s, 1, user_id);
+        list_bind(s, org_id, f, like);
+        sqlite3_bind_int64(s, 7, f->limit - k);
+        sqlite3_bind_int64(s, 8, f->offset + k);
+        while (sqlite3_step(s) == SQLITE_ROW) {
+            struct session_rec r;
+            memset(&r, 0, sizeof(r));
+            col_copy(s, 0, r.id, sizeof(r.id));
+            fn(&r, ud);
+        }
+        sqlite3_reset(s);
+    }
     buf_free(&q);
     return LD_OK;
 fail:
@@ -639,7 +665,7 @@ enum ld_err store_agent_get(struct store *st, const char *org_id, const char *id
 
 enum ld_err store_agent_list(struct store *st, const char *org_id, const char *search,
                              int include_archived, long offset, long limit, struct arena *a,
-                             void (*fn)(const struct agent_rec *ag, void *ud), void *ud,
+                             int (*fn)(const struct agent_rec *ag, void *ud), void *ud,
                              int64_t *total)
 {
     char *like = search ? like_pattern(a, search) : NULL;
@@ -668,11 +694,17 @@ enum ld_err store_agent_list(struct store *st, const char *org_id, const char *s
     sqlite3_bind_int64(s, 5, offset);
     struct arena ra; /* emptied after each row, as for sessions */
     arena_init(&ra);
+    int ids_only = 0; /* as for sessions */
     for (long k = 0; k < limit && sqlite3_step(s) == SQLITE_ROW; k++) {
         struct agent_rec ag;
-        read_agent(s, &ra, &ag);
-        ag.session_count = sqlite3_column_int64(s, 14);
-        fn(&ag, ud);
+        if (ids_only) {
+            memset(&ag, 0, sizeof(ag));
+            col_copy(s, 0, ag.id, sizeof(ag.id));
+        } else {
+            read_agent(s, &ra, &ag);
+            ag.session_count = sqlite3_column_int64(s, 14);
+        }
+        ids_only |= fn(&ag, ud);
         arena_reset(&ra);
     }
     arena_free(&ra);

@@ -169,10 +169,12 @@ enum ld_err store_session_by_singleton(struct store *st, const char *org_id, con
                                        const char *user_id, struct arena *a,
                                        struct session_rec *out);
 /* Calls fn with each of up to f->limit records, in order (a record lives
- * until fn returns); *total gets the count of all matches. */
+ * until fn returns); once fn returns nonzero, the records after that one
+ * carry only their id (big rows are not read).  *total gets the count of
+ * all matches. */
 enum ld_err store_session_list(struct store *st, const char *org_id, const char *user_id,
                                const struct session_filter *f, struct arena *a,
-                               void (*fn)(const struct session_rec *s, void *ud), void *ud,
+                               int (*fn)(const struct session_rec *s, void *ud), void *ud,
                                int64_t *total);
 enum ld_err store_session_stats(struct store *st, const char *org_id, struct session_stats *s);
 
@@ -180,8 +182,8 @@ enum ld_err store_agent_get(struct store *st, const char *org_id, const char *id
                             struct arena *a, struct agent_rec *out);
 enum ld_err store_agent_list(struct store *st, const char *org_id, const char *search,
                              int include_archived, long offset, long limit, struct arena *a,
-                             void (*fn)(const struct agent_rec *ag, void *ud), void *ud,
-                             int64_t *total);
+                             int (*fn)(const struct agent_rec *ag, void *ud), void *ud,
+                             int64_t *total); /* fn: as for store_session_list */
 
 enum ld_err store_harness_get(struct store *st, const char *org_id, const char *id_or_name,
                               struct arena *a, struct harness_rec *out);
