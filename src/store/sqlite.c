@@ -511,6 +511,27 @@ static void list_bind(sqlite3_stmt *s, const char *org_id, const struct session_
     if (f->created_before) sqlite3_bind_int64(s, 6, f->created_before);
 }
 
+/* A page of the session list: `head` (the columns, FROM sessions s), the
+ * filter, the order, LIMIT and OFFSET, bound and ready to step. */
+static sqlite3_stmt *list_page_stmt(struct store *st, struct buf *q, const char *head,
+                                    const struct session_filter *f, const char *org_id,
+                                    const char *user_id, const char *like, long limit, long offset)
+{
+    buf_reset(q);
+    buf_puts(q, head);
+    list_where(q, f);
+    buf_puts(q, f->order_activity ? " ORDER BY s.last_activity_at DESC, s.seq DESC"
+                                  : " ORDER BY s.created_at DESC, s.seq DESC");
+    buf_puts(q, " LIMIT ?7 OFFSET ?8");
+    sqlite3_stmt *s = conn_stmt(&st->rd, q->data);
+    if (!s) return NULL;
+    bind_text(s, 1, user_id);
+    list_bind(s, org_id, f, like);
+    sqlite3_bind_int64(s, 7, limit);
+    sqlite3_bind_int64(s, 8, offset);
+    return s;
+}
+
 enum ld_err store_session_list(struct store *st, const char *org_id, const char *user_id,
                                const struct session_filter *f, struct arena *a,
                                int (*fn)(const struct session_rec *s, void *ud), void *ud,
@@ -538,18 +559,8 @@ enum ld_err store_session_list(struct store *st, const char *org_id, const char 
     *total = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
     sqlite3_reset(s);
     /* page */
-    buf_reset(&q);
-    buf_puts(&q, session_select());
-    list_where(&q, f);
-    buf_puts(&q, f->order_activity ? " ORDER BY s.last_activity_at DESC, s.seq DESC"
-                                   : " ORDER BY s.created_at DESC, s.seq DESC");
-    buf_puts(&q, " LIMIT ?7 OFFSET ?8");
-    s = conn_stmt(&st->rd, q.data);
+    s = list_page_stmt(st, &q, session_select(), f, org_id, user_id, like, f->limit, f->offset);
     if (!s) goto fail;
-    bind_text(s, 1, user_id);
-    list_bind(s, org_id, f, like);
-    sqlite3_bind_int64(s, 7, f->limit);
-    sqlite3_bind_int64(s, 8, f->offset);
     /* each row in an arena emptied after it: a page may be 100 sessions
      * of 1 MiB */
     struct arena ra;
@@ -569,18 +580,9 @@ enum ld_err store_session_list(struct store *st, const char *org_id, const char 
     if (ids_only && k < f->limit) {
         /* fn wants only ids now: a query of ids alone, which does not
          * read the rows (SQLite reads every selected column of a row) */
-        buf_reset(&q);
-        buf_puts(&q, "SELECT s.id FROM sessions s");
-        list_where(&q, f);
-        buf_puts(&q, f->order_activity ? " ORDER BY s.last_activity_at DESC, s.seq DESC"
-                                       : " ORDER BY s.created_at DESC, s.seq DESC");
-        buf_puts(&q, " LIMIT ?7 OFFSET ?8");
-        s = conn_stmt(&st->rd, q.data);
+        s = list_page_stmt(st, &q, "SELECT s.id FROM sessions s", f, org_id, user_id, like,
+                           f->limit - k, f->offset + k);
         if (!s) goto fail;
-        bind_text(s, 1, user_id);
-        list_bind(s, org_id, f, like);
-        sqlite3_bind_int64(s, 7, f->limit - k);
-        sqlite3_bind_int64(s, 8, f->offset + k);
         while (sqlite3_step(s) == SQLITE_ROW) {
             struct session_rec r;
             memset(&r, 0, sizeof(r));

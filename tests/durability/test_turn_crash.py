@@ -20,6 +20,15 @@ h = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(h)
 
 
+def kill9_and_restart(srv):
+    """kill -9, start again on the same data dir; a client of the new process."""
+    srv.expect_dead = True
+    srv.stop(signal.SIGKILL)
+    srv.expect_dead = False
+    srv.start()
+    return srv.client()
+
+
 def statuses(client, sids):
     return {sid: h.get_session(client, sid)["status"] for sid in sids}
 
@@ -111,11 +120,7 @@ def test_kill9_mid_turn_then_restart_recovers_and_replays():
 
         # a second crash and restart recovers nothing twice
         logs = {sid: h.get_events(c, sid) for sid in sids}
-        srv.expect_dead = True
-        srv.stop(signal.SIGKILL)
-        srv.expect_dead = False
-        srv.start()
-        c = srv.client()
+        c = kill9_and_restart(srv)
         for sid in sids:
             assert h.get_events(c, sid) == logs[sid], "the log of %s changed" % sid
         # the session takes new turns after recovery
@@ -144,11 +149,7 @@ def test_kill9_while_waiting_for_tool_results_waits_again():
                    what="waiting")
         before = h.get_events(c, sid)
         call = [e for e in before if e["type"] == "tool.call_requested"][-1]["data"]["tool_calls"][0]
-        srv.expect_dead = True
-        srv.stop(signal.SIGKILL)
-        srv.expect_dead = False
-        srv.start()
-        c = srv.client()
+        c = kill9_and_restart(srv)
         assert h.get_session(c, sid)["status"] == "waitingfortoolresults"
         assert h.get_events(c, sid) == before  # nothing redone, nothing added
         r = h.expect(c.post("/v1/sessions/%s/tool-results" % sid,
@@ -224,11 +225,7 @@ def test_restart_with_many_running_sessions_of_megabyte_prompts():
         for sid in sids:
             h.wait_for(lambda: h.get_session(c, sid)["status"] == "waitingfortoolresults",
                        what="waiting")
-        srv.expect_dead = True
-        srv.stop(signal.SIGKILL)
-        srv.expect_dead = False
-        srv.start()
-        c = srv.client()
+        c = kill9_and_restart(srv)
         for sid in sids:
             assert h.get_session(c, sid)["status"] == "waitingfortoolresults"
             call = [e for e in h.get_events(c, sid)
