@@ -189,7 +189,7 @@ static int list_agent_row(const struct agent_rec *ag, void *ud)
     struct list_page *p = ud;
     struct jw *w = list_item(p, ag->id);
     if (w) render_agent(p->r, w, ag, 1);
-    return p->over || p->b.len > LD_LIST_BUFFERED; /* streamed: only ids from here on */
+    return list_full(p); /* streamed: only ids from here on */
 }
 
 /* a row of a streamed page, read again when its turn comes */

@@ -77,6 +77,9 @@ struct list_page {
 void list_begin(struct list_page *p, struct req *r, long limit, const char *alias,
                 list_again_fn again);
 struct jw *list_item(struct list_page *p, const char *id);
+/* past LD_LIST_BUFFERED: the page will be streamed (then the store need
+ * read only the ids of the rows left) */
+int list_full(struct list_page *p);
 void list_end(struct list_page *p, int64_t total, long offset, long limit);
 
 /* Idempotency: returns 1 if answered (replay or 422), 0 to proceed (then

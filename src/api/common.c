@@ -656,13 +656,27 @@ void list_begin(struct list_page *p, struct req *r, long limit, const char *alia
     jw_arr(&p->w);
 }
 
+int list_full(struct list_page *p)
+{
+    if (p->b.len > LD_LIST_BUFFERED) p->over = 1;
+    return p->over;
+}
+
 struct jw *list_item(struct list_page *p, const char *id)
 {
     size_t len = strnlen(id, ID_MAX - 1); /* IDs from the store: always shorter */
     memcpy(p->ids[p->n], id, len);
     p->ids[p->n++][len] = 0;
-    if (p->b.len > LD_LIST_BUFFERED) p->over = 1;
-    return p->over ? NULL : &p->w;
+    return list_full(p) ? NULL : &p->w;
+}
+
+/* total, offset, limit and the links, into the page object open in w */
+static void page_tail(struct req *r, struct jw *w, int64_t total, long offset, long limit)
+{
+    jw_ki64(w, "total", total);
+    jw_ki64(w, "offset", offset);
+    jw_ki64(w, "limit", limit);
+    page_links(r, w, offset, limit, total);
 }
 
 struct list_stream {
@@ -722,7 +736,7 @@ static void list_release(void *ud)
 void list_end(struct list_page *p, int64_t total, long offset, long limit)
 {
     struct req *r = p->r;
-    if (!p->over && p->b.len <= LD_LIST_BUFFERED) {
+    if (!list_full(p)) {
         struct jw *w = &p->w;
         jw_end(w);
         /* `data` per the spec; the alias is what the TS SDK reads: the same
@@ -735,10 +749,7 @@ void list_end(struct list_page *p, int64_t total, long offset, long limit)
             p->b.len += alen;
             p->b.data[p->b.len] = 0;
         }
-        jw_ki64(w, "total", total);
-        jw_ki64(w, "offset", offset);
-        jw_ki64(w, "limit", limit);
-        page_links(r, w, offset, limit, total);
+        page_tail(r, w, total, offset, limit);
         jw_end(w);
         reply_json(r, 200, &p->b);
         return;
@@ -749,10 +760,7 @@ void list_end(struct list_page *p, int64_t total, long offset, long limit)
     struct jw w;
     jw_init(&w, &t);
     jw_obj(&w);
-    jw_ki64(&w, "total", total);
-    jw_ki64(&w, "offset", offset);
-    jw_ki64(&w, "limit", limit);
-    page_links(r, &w, offset, limit, total);
+    page_tail(r, &w, total, offset, limit);
     jw_end(&w);
     struct list_stream *x = xcalloc(1, sizeof(*x));
     x->r = r;

@@ -517,7 +517,7 @@ void h_events_list(struct req *r)
         /* the newest `limit` matches: read backwards from the end; their
          * bodies are kept while they fit the buffered answer, their
          * sequences always (then the answer is streamed) */
-        struct event_rec *keep = arena_alloc(&r->arena, sizeof(*keep) * (size_t)limit);
+        const char **keep = arena_alloc(&r->arena, sizeof(*keep) * (size_t)limit);
         x->seqs = xcalloc((size_t)limit, sizeof(*x->seqs));
         size_t kept_bytes = 0;
         int nkeep = 0;
@@ -540,7 +540,7 @@ void h_events_list(struct req *r)
                 size_t len = strlen(rows[i].body);
                 kept_bytes += len + 1;
                 if (kept_bytes > LD_LIST_BUFFERED) stream = 1;
-                keep[nkeep++].body = stream ? NULL : arena_strndup(&r->arena, rows[i].body, len);
+                keep[nkeep++] = stream ? NULL : arena_strndup(&r->arena, rows[i].body, len);
             }
             hi = n ? rows[0].seq - 1 : 0;
             arena_free(&pa);
@@ -554,7 +554,7 @@ void h_events_list(struct req *r)
         }
         if (!stream)
             for (int i = nkeep - 1; i >= 0; i--)
-                ev_put(x, &b, keep[i].body);
+                ev_put(x, &b, keep[i]);
     } else {
         /* from the cursor on; past the buffered size, the rest streams */
         x->cursor = after;

@@ -427,7 +427,7 @@ static int list_session_row(const struct session_rec *s, void *ud)
     struct list_page *p = ud;
     struct jw *w = list_item(p, s->id);
     if (w) render_session(p->r, w, s);
-    return p->over || p->b.len > LD_LIST_BUFFERED; /* streamed: only ids from here on */
+    return list_full(p); /* streamed: only ids from here on */
 }
 
 /* a row of a streamed page, read again when its turn comes */

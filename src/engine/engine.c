@@ -1069,14 +1069,11 @@ static void call_delta(void *ud, const char *delta)
     struct turn *t = ud;
     struct engine *e = g_engine;
     if (t->state != T_THINKING) return;
-    if (e->delta_ms <= 0) {
-        struct batch *b = batch_new(e, t->ls, t);
-        delta_event(b, t, delta);
-        batch_submit(b);
-        return;
-    }
     buf_puts(&t->pend, delta);
-    if (!t->pend_timer) t->pend_timer = loop_timer_add(e->loop, e->delta_ms, pending_due, t);
+    if (e->delta_ms <= 0)
+        pending_due(t); /* one event per chunk */
+    else if (!t->pend_timer)
+        t->pend_timer = loop_timer_add(e->loop, e->delta_ms, pending_due, t);
 }
 
 static void call_done(void *ud, const struct llm_result *r)
