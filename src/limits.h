@@ -72,6 +72,11 @@
 /* A list page past this many bytes is streamed (api.h, list_page). */
 #define LD_LIST_BUFFERED (4u * 1024 * 1024)
 
+/* What a savepoint's sub-journal holds in memory (one allocation) before
+ * it goes on in a temporary file (store_open): 29 pages.  Under 128 KiB:
+ * the spill writes it to the file in one call, and SQLite's unix VFS
+ * fails a write of 128 KiB or more as SQLITE_FULL (seen at 512 KiB). */
+#define LD_STMT_JOURNAL_MEM (120 * 1024)
 /* Writer queue: past this many queued writes, 503 + Retry-After. */
 #define LD_WRITER_QUEUE_MAX 65536
 /* Most operations committed in one transaction (group commit). */

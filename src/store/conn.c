@@ -2,9 +2,8 @@
  * conn.c — one SQLite connection and its prepared-statement cache.  Every
  * connection runs WAL with synchronous=FULL (a commit is on disk when
  * sqlite3_step returns) and a busy timeout, since `loopd keys` may write
- * from another process.  Writers keep temporary data in memory: the
- * savepoint around each op of a batch needs a sub-journal, which past
- * 64 KiB would otherwise become a temporary file (open, write, unlink).
+ * from another process.  The sub-journals of savepoints stay in memory up
+ * to LD_STMT_JOURNAL_MEM, in one chunk (see store_open).
  * Statements are cached by SQL text with LRU eviction, so dynamic list
  * queries are prepared once per shape.
  */
@@ -31,8 +30,7 @@ int conn_open(struct conn *c, const char *path, enum conn_mode mode, char *err, 
     sqlite3_extended_result_codes(c->db, 1);
     const char *pragmas = readonly ? "PRAGMA foreign_keys=ON; PRAGMA cache_size=-16384;"
                                    : "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
-                                     "PRAGMA foreign_keys=ON; PRAGMA cache_size=-16384; "
-                                     "PRAGMA temp_store=MEMORY;";
+                                     "PRAGMA foreign_keys=ON; PRAGMA cache_size=-16384;";
     char *msg = NULL;
     if (sqlite3_exec(c->db, pragmas, NULL, NULL, &msg) != SQLITE_OK) {
         snprintf(err, errlen, "cannot configure %s: %s", path, msg ? msg : "?");

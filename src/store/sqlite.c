@@ -17,11 +17,25 @@
 
 struct store *store_open(const char *dir, char *err, size_t errlen)
 {
-    /* SQLite's memory statistics take a global mutex on every allocation;
-     * loopd reads none of them.  Only possible before SQLite initializes. */
+    /* Only possible before SQLite initializes:
+     *  - SQLite's memory statistics take a global mutex on every
+     *    allocation; loopd reads none of them.
+     *  - The writer runs each op of a batch inside a SAVEPOINT, whose
+     *    sub-journal keeps the original of every page the op changes (and
+     *    statements with triggers keep one of their own).  Kept in memory
+     *    (temp_store=MEMORY) that journal is a list of 1 KiB chunks: five
+     *    malloc/free pairs per page, beyond glibc's per-thread cache.
+     *    With a spill size the in-memory part is one chunk of that size,
+     *    and a journal past it (an op that rewrites more than 29 pages:
+     *    deleting a session with a long log) goes on in a temporary file
+     *    (SQLite's temporary directory: $SQLITE_TMPDIR, $TMPDIR, /var/tmp,
+     *    /usr/tmp or /tmp; mode 0600, unlinked when opened).  Measured
+     *    with callgrind over 3,200 POSTs: 181k instructions per POST before,
+     *    163k after (-10 %). */
     static int configured;
     if (!configured) {
         sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+        sqlite3_config(SQLITE_CONFIG_STMTJRNL_SPILL, LD_STMT_JOURNAL_MEM);
         configured = 1;
     }
     if (walvfs_register() != SQLITE_OK) {

@@ -9,7 +9,7 @@ import requests
 
 from conftest import (DEFAULT_ORG, GENERIC_FEATURES, HARNESS_BASE, HARNESS_CHAT, HARNESS_GENERIC,
                       SESSION_ID_RE, assert_limit_error, assert_no_nulls, assert_problem, expect,
-                      id_re, parse_ts, validate)
+                      get_events, id_re, parse_ts, post_message, validate, wait_turn_end)
 
 IDENTITY = ("id", "organization_id", "workspace_id", "harness_id", "owner_principal_id",
             "created_at", "model_id")
@@ -440,6 +440,30 @@ def test_delete(api):
     lst = expect(api.get("/v1/sessions", params={"search": "doomed"}), 200).json()
     assert s["id"] not in [x["id"] for x in lst["data"]]
     assert_problem(api.delete("/v1/sessions/bad"), 400, detail_startswith="Invalid session ID: ")
+
+
+def test_delete_a_session_with_a_long_log(api):
+    """Deleting a session rewrites every page of its log inside the op's
+    savepoint: ~2 MB here, past the sub-journal's 512 KiB in memory, so
+    the rest goes to a temporary file.  The delete is whole and nothing
+    else changes."""
+    keep = api.create_session({"title": "kept"})
+    post_message(api, keep["id"], "stay")
+    kept_log = wait_turn_end(api, keep["id"])
+    s = api.create_session({"title": "long log"})
+    for i in range(8):
+        post_message(api, s["id"], chr(ord("a") + i) * 250_000)
+    wait_turn_end(api, s["id"], turns=8, timeout=60)
+    path = "/v1/sessions/" + s["id"]
+    expect(api.delete(path), 204)
+    assert_problem(api.get(path), 404)
+    assert_problem(api.get(path + "/events"), 404)
+    assert get_events(api, keep["id"]) == kept_log
+    assert expect(api.get("/v1/sessions/" + keep["id"]), 200).json()["title"] == "kept"
+    # the database goes on taking writes
+    again = api.create_session({"title": "after"})
+    post_message(api, again["id"], "x" * 250_000)
+    wait_turn_end(api, again["id"])
 
 
 def test_delete_with_json_content_type(api):
