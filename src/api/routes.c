@@ -41,28 +41,31 @@ const struct route routes[] = {
 const int route_count = sizeof(routes) / sizeof(routes[0]);
 
 /* Matches path against pattern; returns the number of `{}` segments
- * (params filled), or -1. */
+ * (params filled), or -1.  A `{}` is a whole segment of the pattern and
+ * takes one non-empty segment of the path.  One pass over both strings:
+ * most routes differ from the path within a few bytes (every request tries
+ * them all; strchr/strlen per segment had made routing 4 % of a POST). */
 static int match(const char *pattern, const char *path, struct arena *a, const char **params)
 {
     int np = 0;
     const char *p = pattern, *s = path;
-    while (*p && *s) {
-        if (*p != '/' || *s != '/') return -1;
+    for (;;) {
+        if (p[0] == '{' && p[1] == '}') {
+            const char *e = s;
+            while (*e && *e != '/')
+                e++;
+            if (e == s) return -1;
+            if (np < REQ_MAX_PARAMS && a) params[np] = arena_strndup(a, s, (size_t)(e - s));
+            np++;
+            p += 2;
+            s = e;
+            continue;
+        }
+        if (*p != *s) return -1;
+        if (!*p) return np;
         p++;
         s++;
-        const char *pe = strchr(p, '/'), *se = strchr(s, '/');
-        size_t pl = pe ? (size_t)(pe - p) : strlen(p), sl = se ? (size_t)(se - s) : strlen(s);
-        if (pl == 2 && p[0] == '{' && p[1] == '}') {
-            if (sl == 0) return -1;
-            if (np < REQ_MAX_PARAMS && a) params[np] = arena_strndup(a, s, sl);
-            np++;
-        } else if (pl != sl || memcmp(p, s, pl) != 0) {
-            return -1;
-        }
-        p += pl;
-        s += sl;
     }
-    return *p || *s ? -1 : np;
 }
 
 int route_match(int method, const char *path, struct arena *a, const char **params, char *allow,
