@@ -235,9 +235,30 @@ void jw_end(struct jw *w)
 
 void jw_key(struct jw *w, const char *k)
 {
-    sep(w);
-    buf_json_str(w->b, k);
-    buf_putc(w->b, ':');
+    /* Keys are names from the code: written in one copy when nothing in
+     * them needs escaping (the general path made keys 2.5 % of a POST). */
+    size_t n = strlen(k), i = 0;
+    while (i < n) {
+        unsigned char c = (unsigned char)k[i];
+        if (c < 0x20 || c == '"' || c == '\\') break;
+        i++;
+    }
+    struct buf *b = w->b;
+    if (i < n || grow(b, n + 4)) {
+        sep(w);
+        buf_json_str(b, k);
+        buf_putc(b, ':');
+    } else {
+        char *o = b->data + b->len;
+        if (!w->first[w->depth]) *o++ = ',';
+        *o++ = '"';
+        memcpy(o, k, n);
+        o += n;
+        *o++ = '"';
+        *o++ = ':';
+        *o = 0;
+        b->len = (size_t)(o - b->data);
+    }
     w->first[w->depth] = 1; /* the value that follows takes no comma */
 }
 

@@ -404,6 +404,40 @@ static void test_jw_nested_commas(void **state)
     buf_free(&b);
 }
 
+/* keys are written in one copy unless they need escaping; both ways
+ * respect the cap (the buffer's overflow flag is sticky) */
+static void test_jw_key_escaped_and_capped(void **state)
+{
+    struct buf b;
+    struct jw w;
+    buf_init(&b, 4096);
+    jw_init(&w, &b);
+    jw_obj(&w);
+    jw_ki64(&w, "plain", 1);
+    jw_ki64(&w, "q\"u\\o\n", 2);
+    jw_end(&w);
+    assert_string_equal(b.data, "{\"plain\":1,\"q\\\"u\\\\o\\n\":2}");
+    json_t *j = parse(&b);
+    assert_int_equal(json_integer_value(json_object_get(j, "q\"u\\o\n")), 2);
+    json_decref(j);
+    buf_free(&b);
+    for (size_t cap = 0; cap < 16; cap++) {
+        buf_init(&b, cap);
+        jw_init(&w, &b);
+        jw_obj(&w);
+        jw_ki64(&w, "abcdef", 7);
+        jw_end(&w);
+        if (cap >= strlen("{\"abcdef\":7}")) {
+            assert_false(b.overflow);
+            assert_string_equal(b.data, "{\"abcdef\":7}");
+        } else {
+            assert_true(b.overflow);
+            assert_true(b.len <= cap);
+        }
+        buf_free(&b);
+    }
+}
+
 static void test_jw_top_level_array(void **state)
 {
     struct buf b;
@@ -574,6 +608,7 @@ int main(void)
         cmocka_unit_test(test_utf8_valid),
         cmocka_unit_test(test_json_str_escape_overflow),
         cmocka_unit_test(test_jw_nested_commas),
+        cmocka_unit_test(test_jw_key_escaped_and_capped),
         cmocka_unit_test(test_jw_top_level_array),
         cmocka_unit_test(test_jw_deep_nesting),
         cmocka_unit_test(test_jw_members),
