@@ -80,15 +80,16 @@ void sha256_update(struct sha256 *s, const void *data, size_t n)
 void sha256_final(struct sha256 *s, unsigned char out[32])
 {
     uint64_t bits = s->len * 8;
-    unsigned char pad = 0x80;
-    sha256_update(s, &pad, 1);
-    pad = 0;
-    while (s->n != 56)
-        sha256_update(s, &pad, 1);
-    unsigned char lenb[8];
+    s->blk[s->n++] = 0x80; /* s->n < 64 between calls */
+    if (s->n > 56) {
+        memset(s->blk + s->n, 0, 64 - s->n);
+        block(s, s->blk);
+        s->n = 0;
+    }
+    memset(s->blk + s->n, 0, 56 - s->n);
     for (int i = 0; i < 8; i++)
-        lenb[i] = (unsigned char)(bits >> (56 - 8 * i));
-    sha256_update(s, lenb, 8);
+        s->blk[56 + i] = (unsigned char)(bits >> (56 - 8 * i));
+    block(s, s->blk);
     for (int i = 0; i < 8; i++) {
         out[4 * i] = (unsigned char)(s->h[i] >> 24);
         out[4 * i + 1] = (unsigned char)(s->h[i] >> 16);
