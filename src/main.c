@@ -44,7 +44,7 @@ static void on_signal(void *ud, uint32_t events)
 static int make_dir(const char *dir)
 {
     char tmp[600];
-    snprintf(tmp, sizeof(tmp), "%s", dir);
+    str_copy(tmp, sizeof(tmp), dir);
     for (char *p = tmp + 1; *p; p++)
         if (*p == '/') {
             *p = 0;
@@ -75,7 +75,7 @@ static void register_models(const char *base, const char *list, const char *prov
 {
     if (!*base || !*list) return;
     char tmp[512];
-    snprintf(tmp, sizeof(tmp), "%s", list);
+    str_copy(tmp, sizeof(tmp), list);
     char *save = NULL;
     for (char *t = strtok_r(tmp, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         while (*t == ' ')
@@ -106,7 +106,7 @@ static int keys_main(struct config *cfg, int argc, char **argv)
     const char *cmd = argv[0], *org = NULL, *name = "cli", *arg = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--data-dir") == 0 && i + 1 < argc)
-            snprintf(cfg->data_dir, sizeof(cfg->data_dir), "%s", argv[++i]);
+            str_copy(cfg->data_dir, sizeof(cfg->data_dir), argv[++i]);
         else if (strcmp(argv[i], "--org") == 0 && i + 1 < argc)
             org = argv[++i];
         else if (strcmp(argv[i], "--name") == 0 && i + 1 < argc)
@@ -134,8 +134,8 @@ static int keys_main(struct config *cfg, int argc, char **argv)
     int rc = 0;
     if (strcmp(cmd, "create") == 0) {
         char org_id[ID_MAX], user[40], tok[128], kid[ID_MAX];
-        snprintf(org_id, sizeof(org_id), "%s", DEFAULT_ORG_ID);
-        snprintf(user, sizeof(user), "%s", DEFAULT_USER_ID);
+        str_copy(org_id, sizeof(org_id), DEFAULT_ORG_ID);
+        str_copy(user, sizeof(user), DEFAULT_USER_ID);
         if (org && strcmp(org, "new") == 0) {
             if (store_org_create(st, name, org_id, user) != LD_OK) {
                 fprintf(stderr, "loopd keys: cannot create the org\n");
@@ -147,7 +147,7 @@ static int keys_main(struct config *cfg, int argc, char **argv)
                 fprintf(stderr, "loopd keys: --org: %s\n", why);
                 rc = 2;
             }
-            snprintf(org_id, sizeof(org_id), "%s", org);
+            str_copy(org_id, sizeof(org_id), org);
         }
         if (!rc) {
             enum ld_err e = store_key_create(st, org_id, user, name, NULL, tok, sizeof(tok), kid);

@@ -71,14 +71,14 @@ static int read_agent_body(struct req *r, json_t *body, struct agent_rec *a, int
             reply_problem(r, e, e == LD_E_NOT_FOUND ? "Harness not found" : "Storage error");
             return -1;
         }
-        snprintf(a->harness_id, sizeof(a->harness_id), "%s", h.id);
+        str_copy(a->harness_id, sizeof(a->harness_id), h.id);
     }
     if (model) {
         if (!model_find(model)) {
             reply_problem(r, LD_E_NOT_FOUND, "Model not found");
             return -1;
         }
-        snprintf(a->default_model_id, sizeof(a->default_model_id), "%s", model);
+        str_copy(a->default_model_id, sizeof(a->default_model_id), model);
     }
     /* the config fields: given ones replace, absent ones are kept */
     json_t *old = keep_extra && a->extra ? json_loads(a->extra, 0, NULL) : NULL;
@@ -147,7 +147,7 @@ static void agent_insert(struct req *r, struct agent_rec *a, struct idem_rec *id
     a->created_at = a->updated_at = time_now_us();
     a->version = 1;
     a->session_count = 0;
-    snprintf(a->org_id, sizeof(a->org_id), "%s", r->who.org_id);
+    str_copy(a->org_id, sizeof(a->org_id), r->who.org_id);
     struct store_op *op = op_new(r, SOP_AGENT_INSERT, agent_created_done);
     op->agent = a;
     if (idem) {
@@ -175,7 +175,7 @@ void h_agents_create(struct req *r)
     if (field_id(r, body, "id", "agent", "agent", &id) < 0 || read_agent_body(r, body, a, 1, 0) < 0)
         goto out;
     if (id)
-        snprintf(a->id, sizeof(a->id), "%s", id);
+        str_copy(a->id, sizeof(a->id), id);
     else
         id_new("agent", a->id);
     agent_insert(r, a, idem);
@@ -307,7 +307,7 @@ void h_agent_put(struct req *r)
         if (read_agent_body(r, body, a, 1, 0) == 0) {
             const char *p = r->params[0];
             if (strncmp(p, "agent_", 6) == 0) {
-                snprintf(a->id, sizeof(a->id), "%s", p);
+                str_copy(a->id, sizeof(a->id), p);
             } else {
                 id_new("agent", a->id);
                 if (strcmp(a->name, p) != 0) {

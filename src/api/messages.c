@@ -255,7 +255,7 @@ void h_messages_list(struct req *r)
         buf_free(&arr);
         struct msg_stream *m = xcalloc(1, sizeof(*m));
         m->st = r->st;
-        snprintf(m->session_id, sizeof(m->session_id), "%s", s.id);
+        str_copy(m->session_id, sizeof(m->session_id), s.id);
         m->upto = store_events_max_seq(r->st, s.id); /* same read snapshot */
         reply_stream(r, 200, "application/json", msg_stream_more, free, m);
         return;
@@ -509,7 +509,7 @@ void h_events_list(struct req *r)
     buf_puts(&b, "{\"data\":[");
     struct ev_stream *x = xcalloc(1, sizeof(*x));
     x->st = r->st;
-    snprintf(x->session_id, sizeof(x->session_id), "%s", s.id);
+    str_copy(x->session_id, sizeof(x->session_id), s.id);
     x->f = f;
     x->upto = upto;
     int stream = 0;

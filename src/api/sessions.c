@@ -116,7 +116,7 @@ static int resolve(struct req *r, json_t *body, struct session_rec *s, struct jw
             return -1;
         }
         have_agent = 1;
-        snprintf(s->agent_id, sizeof(s->agent_id), "%s", agent.id);
+        str_copy(s->agent_id, sizeof(s->agent_id), agent.id);
     }
     const char *want = harness_id ? harness_id
                        : harness_name
@@ -130,7 +130,7 @@ static int resolve(struct req *r, json_t *body, struct session_rec *s, struct jw
         reply_problem(r, e, e == LD_E_NOT_FOUND ? "Harness not found" : "Storage error");
         return -1;
     }
-    snprintf(s->harness_id, sizeof(s->harness_id), "%s", h.id);
+    str_copy(s->harness_id, sizeof(s->harness_id), h.id);
     if (model_id && !model_find(model_id)) {
         reply_problem(r, LD_E_NOT_FOUND, "Model not found");
         return -1;
@@ -139,7 +139,7 @@ static int resolve(struct req *r, json_t *body, struct session_rec *s, struct jw
                     : have_agent && agent.default_model_id[0] ? agent.default_model_id
                     : h.default_model_id[0]                   ? h.default_model_id
                                                               : DEFAULT_MODEL_ID;
-    snprintf(s->model_id, sizeof(s->model_id), "%s", m);
+    str_copy(s->model_id, sizeof(s->model_id), m);
     /* features: harness chain + agent + session capabilities (reference 18) */
     unsigned seen = 0;
     features_add(h.capabilities, &seen);
@@ -174,7 +174,7 @@ static int resolve(struct req *r, json_t *body, struct session_rec *s, struct jw
             reply_problem(r, LD_E_NOT_FOUND, "Workspace not found");
             return -1;
         }
-        snprintf(s->workspace_id, sizeof(s->workspace_id), "%s", workspace_id);
+        str_copy(s->workspace_id, sizeof(s->workspace_id), workspace_id);
     }
     return 0;
 }
@@ -205,11 +205,11 @@ void h_sessions_create(struct req *r)
     }
     jw_end(&x);
     id_new("session", s->id);
-    snprintf(s->org_id, sizeof(s->org_id), "%s", r->who.org_id);
+    str_copy(s->org_id, sizeof(s->org_id), r->who.org_id);
     if (!s->workspace_id[0]) id_with_hex("wsp", id_hex(s->id), s->workspace_id);
-    snprintf(s->owner_principal_id, sizeof(s->owner_principal_id), "%s", r->who.principal_id);
-    snprintf(s->owner_user_id, sizeof(s->owner_user_id), "%s", r->who.user_id);
-    snprintf(s->source, sizeof(s->source), "%s", source);
+    str_copy(s->owner_principal_id, sizeof(s->owner_principal_id), r->who.principal_id);
+    str_copy(s->owner_user_id, sizeof(s->owner_user_id), r->who.user_id);
+    str_copy(s->source, sizeof(s->source), source);
     if (!s->tags) s->tags = "[]";
     s->extra = arena_strdup(&r->arena, xb.data);
     s->status = SS_STARTED;
@@ -383,7 +383,7 @@ static int parse_status_filter(struct req *r, const char *v, struct session_filt
         reply_problem(r, LD_E_BAD_REQUEST, "status: too long");
         return -1;
     }
-    snprintf(tmp, sizeof(tmp), "%s", v);
+    str_copy(tmp, sizeof(tmp), v);
     char *save = NULL;
     for (char *t = strtok_r(tmp, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         while (*t == ' ')
@@ -559,11 +559,11 @@ void h_sessions_chat(struct req *r)
     }
     struct session_rec *s = arena_alloc(&r->arena, sizeof(*s));
     id_new("session", s->id);
-    snprintf(s->org_id, sizeof(s->org_id), "%s", r->who.org_id);
+    str_copy(s->org_id, sizeof(s->org_id), r->who.org_id);
     id_with_hex("wsp", id_hex(s->id), s->workspace_id);
-    snprintf(s->harness_id, sizeof(s->harness_id), "%s", h.id);
-    snprintf(s->owner_principal_id, sizeof(s->owner_principal_id), "%s", r->who.principal_id);
-    snprintf(s->owner_user_id, sizeof(s->owner_user_id), "%s", r->who.user_id);
+    str_copy(s->harness_id, sizeof(s->harness_id), h.id);
+    str_copy(s->owner_principal_id, sizeof(s->owner_principal_id), r->who.principal_id);
+    str_copy(s->owner_user_id, sizeof(s->owner_user_id), r->who.user_id);
     snprintf(s->model_id, sizeof(s->model_id), "%s",
              h.default_model_id[0] ? h.default_model_id : DEFAULT_MODEL_ID);
     snprintf(s->source, sizeof(s->source), "chat");

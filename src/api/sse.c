@@ -383,7 +383,7 @@ void h_sse(struct req *r)
     x->eng = r->eng;
     x->st = r->st;
     x->loop = server_loop(r->srv);
-    snprintf(x->session_id, sizeof(x->session_id), "%s", s.id);
+    str_copy(x->session_id, sizeof(x->session_id), s.id);
     for (int i = 0; i < f.ntypes; i++)
         x->f.types[i] = x->types[i] = xstrdup(f.types[i]);
     for (int i = 0; i < f.nexclude; i++)

@@ -266,11 +266,11 @@ static struct live *live_get(struct engine *e, const struct session_rec *s)
     struct live *l = live_find(e, s->id);
     if (l) return l;
     l = xcalloc(1, sizeof(*l));
-    snprintf(l->id, sizeof(l->id), "%s", s->id);
-    snprintf(l->org_id, sizeof(l->org_id), "%s", s->org_id);
-    snprintf(l->harness_id, sizeof(l->harness_id), "%s", s->harness_id);
-    snprintf(l->agent_id, sizeof(l->agent_id), "%s", s->agent_id);
-    snprintf(l->model_id, sizeof(l->model_id), "%s", s->model_id);
+    str_copy(l->id, sizeof(l->id), s->id);
+    str_copy(l->org_id, sizeof(l->org_id), s->org_id);
+    str_copy(l->harness_id, sizeof(l->harness_id), s->harness_id);
+    str_copy(l->agent_id, sizeof(l->agent_id), s->agent_id);
+    str_copy(l->model_id, sizeof(l->model_id), s->model_id);
     l->committed_seq = store_events_max_seq(e->st, s->id);
     l->next_seq = l->committed_seq + 1;
     live_load_config(e, l, s);
@@ -557,7 +557,7 @@ static struct turn *turn_new(struct engine *e, struct live *ls, const char *inpu
     t->ls = ls;
     t->state = T_STARTING;
     id_new("turn", t->id);
-    snprintf(t->input_msg_id, sizeof(t->input_msg_id), "%s", input_msg_id);
+    str_copy(t->input_msg_id, sizeof(t->input_msg_id), input_msg_id);
     t->started_mono = time_mono_us();
     t->refs = 1; /* the live record's reference, dropped at DONE */
     arena_init(&t->arena);
@@ -906,7 +906,7 @@ static void tool_step(struct engine *e, struct turn *t, struct batch *b, int64_t
     buf_init(&parts, LD_MAX_RESPONSE);
     for (int i = 0; i < p->ncalls; i++) {
         struct pending_call *c = &t->calls[t->ncalls++];
-        snprintf(c->id, sizeof(c->id), "%s", p->calls[i].id);
+        str_copy(c->id, sizeof(c->id), p->calls[i].id);
         c->name = xstrdup(p->calls[i].name);
         c->arguments = xstrdup(p->calls[i].arguments);
         c->client = is_client_tool(ls, c->name);
@@ -1095,7 +1095,7 @@ static void call_done(void *ud, const struct llm_result *r)
         for (int i = 0; i < r->ncalls; i++) {
             struct sim_call *c = &p->calls[p->ncalls++];
             if (r->calls[i].id[0])
-                snprintf(c->id, sizeof(c->id), "%s", r->calls[i].id);
+                str_copy(c->id, sizeof(c->id), r->calls[i].id);
             else
                 snprintf(c->id, sizeof(c->id), "call_%d_%d", t->iteration, i);
             c->name = arena_strdup(&t->arena, r->calls[i].name);
@@ -1430,7 +1430,7 @@ void engine_post_message(struct engine *e, const struct session_rec *s,
             return;
         }
         cw = xcalloc(1, sizeof(*cw));
-        snprintf(cw->cid, sizeof(cw->cid), "%s", in->client_message_id);
+        str_copy(cw->cid, sizeof(cw->cid), in->client_message_id);
         cw->next = ls->cids;
         ls->cids = cw;
     }
@@ -1457,7 +1457,7 @@ void engine_post_message(struct engine *e, const struct session_rec *s,
         (void)ev;
         b->delivery = "started";
         struct turn *t = turn_new(e, ls, msg_id);
-        if (in->model_id) snprintf(t->model_id, sizeof(t->model_id), "%s", in->model_id);
+        if (in->model_id) str_copy(t->model_id, sizeof(t->model_id), in->model_id);
         b->turn = t;
         t->refs++;
         emit_activation(b, t, now);
@@ -1492,13 +1492,13 @@ void engine_post_message(struct engine *e, const struct session_rec *s,
         emit(b, "input.message", wrap_message(&b->arena, msg, NULL), msg);
         b->delivery = "queued";
         ls->queued++;
-        snprintf(ls->queued_msg_id, sizeof(ls->queued_msg_id), "%s", msg_id);
+        str_copy(ls->queued_msg_id, sizeof(ls->queued_msg_id), msg_id);
     } else {
         emit(b, "input.message", wrap_message(&b->arena, msg, NULL), msg);
         b->delivery = "steered";
         ls->steered++;
         /* if the turn fails before it answers, this starts the next one */
-        snprintf(ls->queued_msg_id, sizeof(ls->queued_msg_id), "%s", msg_id);
+        str_copy(ls->queued_msg_id, sizeof(ls->queued_msg_id), msg_id);
     }
     batch_submit(b);
 }
@@ -1745,7 +1745,7 @@ static void replay_event(struct replay *r, json_t *ev, struct live *ls)
         json_t *m = json_object_get(data, "message");
         json_t *p0 = json_array_get(json_object_get(m, "content"), 0);
         const char *txt = json_string_value(json_object_get(p0, "text"));
-        if (txt) snprintf(r->input_text, sizeof(r->input_text), "%s", txt);
+        if (txt) str_copy(r->input_text, sizeof(r->input_text), txt);
         json_t *h =
             json_object_get(json_object_get(json_object_get(m, "controls"), "hints"), "llmsim");
         free(r->hints);
@@ -1765,7 +1765,7 @@ static void replay_event(struct replay *r, json_t *ev, struct live *ls)
                 t->ncalls == SIM_MAX_CALLS)
                 continue;
             struct pending_call *c = &t->calls[t->ncalls++];
-            snprintf(c->id, sizeof(c->id), "%s", json_string_value(json_object_get(p, "id")) ?: "");
+            str_copy(c->id, sizeof(c->id), json_string_value(json_object_get(p, "id")) ?: "");
             c->name = xstrdup(json_string_value(json_object_get(p, "name")) ?: "");
             char *args =
                 json_dumps(json_object_get(p, "arguments"), JSON_COMPACT | JSON_ENCODE_ANY);
@@ -1814,7 +1814,7 @@ static int resume_turn(struct engine *e, struct live *ls, const char *tid)
         json_string_value(json_object_get(json_object_get(ts, "data"), "input_message_id"));
     struct turn *t = turn_new(e, ls, input ? input : "");
     json_decref(ts);
-    snprintf(t->id, sizeof(t->id), "%s", tid);
+    str_copy(t->id, sizeof(t->id), tid);
     struct replay r;
     memset(&r, 0, sizeof(r));
     r.t = t;
@@ -1911,7 +1911,7 @@ int engine_recover(struct engine *e)
         /* a stand-in turn, only so that the events carry its id as context */
         struct turn ctx;
         memset(&ctx, 0, sizeof(ctx));
-        snprintf(ctx.id, sizeof(ctx.id), "%s", tid);
+        str_copy(ctx.id, sizeof(ctx.id), tid);
         if (tid[0]) b->turn = &ctx;
         snprintf(data, sizeof(data),
                  "{\"turn_id\":\"%s\",\"error\":\"The server stopped while this turn was "

@@ -910,7 +910,16 @@ static struct req *req_new(struct hconn *c)
     r->t0 = now_us();
     r->method = M_OTHER;
     arena_init(&r->arena);
-    snprintf(r->rid, sizeof(r->rid), "%s%08llx", s->rid_prefix, (unsigned long long)++s->req_id);
+    /* "%s%08llx" by hand: snprintf was ~1,000 instructions a request */
+    unsigned long long id = ++s->req_id;
+    size_t pl = strlen(s->rid_prefix);
+    int nd = 8;
+    while (nd < 16 && pl + (size_t)nd + 1 < sizeof(r->rid) && id >> (4 * nd))
+        nd++;
+    memcpy(r->rid, s->rid_prefix, pl);
+    for (int i = 0; i < nd; i++)
+        r->rid[pl + (size_t)i] = "0123456789abcdef"[(id >> (4 * (nd - 1 - i))) & 15];
+    r->rid[pl + (size_t)nd] = 0;
     buf_init(&r->body, (size_t)s->cfg->max_body);
     c->r = r;
     return r;
@@ -1533,7 +1542,7 @@ struct server *server_start(const struct config *cfg, struct store *st, struct e
     s->by_route = xcalloc((size_t)(route_count + 1) * (N_STATUS + 1), sizeof(uint64_t));
     random_hex(s->rid_prefix, 2);
     if (cfg->public_url[0]) {
-        snprintf(s->base_url, sizeof(s->base_url), "%s", cfg->public_url);
+        str_copy(s->base_url, sizeof(s->base_url), cfg->public_url);
         size_t n = strlen(s->base_url);
         while (n && s->base_url[n - 1] == '/')
             s->base_url[--n] = 0;

@@ -191,7 +191,7 @@ static void openai_chunk(struct llm_call *c, json_t *j)
             tool_at(c, json_is_integer(idx) ? (int)json_integer_value(idx) : (int)i);
         if (!t) continue;
         const char *id = json_string_value(json_object_get(tc, "id"));
-        if (id) snprintf(t->id, sizeof(t->id), "%s", id);
+        if (id) str_copy(t->id, sizeof(t->id), id);
         json_t *fn = json_object_get(tc, "function");
         const char *name = json_string_value(json_object_get(fn, "name"));
         if (name) buf_puts(&t->name, name);
@@ -395,7 +395,7 @@ static void finish(struct llm_call *c, CURLcode rc)
     r.text = c->text.data ? c->text.data : "";
     for (int i = 0; i < c->ntools && r.ncalls < SIM_MAX_CALLS; i++) {
         struct sim_call *sc = &r.calls[r.ncalls++];
-        snprintf(sc->id, sizeof(sc->id), "%s", c->tools[i].id);
+        str_copy(sc->id, sizeof(sc->id), c->tools[i].id);
         sc->name = c->tools[i].name.data ? c->tools[i].name.data : "";
         const char *a = c->tools[i].args.data;
         json_t *j = a && *a ? json_loads(a, 0, NULL) : json_object();

@@ -11,7 +11,7 @@
 static int fail(struct store_op *op, enum ld_err e, const char *detail)
 {
     op->err = e;
-    snprintf(op->detail, sizeof(op->detail), "%s", detail);
+    str_copy(op->detail, sizeof(op->detail), detail);
     return -1;
 }
 

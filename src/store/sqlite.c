@@ -173,7 +173,7 @@ static int seed_org(struct conn *c, const char *org_id, const char *name, const 
         sqlite3_reset(s);
         if (have) continue;
         if (fixed)
-            snprintf(id, sizeof(id), "%s", h->default_org_id);
+            str_copy(id, sizeof(id), h->default_org_id);
         else
             id_new("harness", id);
         if (h->parent) {
@@ -264,13 +264,13 @@ enum ld_err store_bootstrap(struct store *st, const char *bootstrap_key, char *k
             char kid[ID_MAX];
             if (insert_key(&c, DEFAULT_ORG_ID, DEFAULT_USER_ID, "bootstrap", bootstrap_key, kid))
                 goto rollback;
-            snprintf(key_out, keylen, "%s", bootstrap_key);
+            str_copy(key_out, keylen, bootstrap_key);
         }
     } else if (nkeys == 0) {
         char tok[80], kid[ID_MAX];
         new_token(tok, sizeof(tok));
         if (insert_key(&c, DEFAULT_ORG_ID, DEFAULT_USER_ID, "admin", tok, kid)) goto rollback;
-        snprintf(key_out, keylen, "%s", tok);
+        str_copy(key_out, keylen, tok);
     }
     if (conn_exec(&c, "COMMIT")) goto rollback;
     e = LD_OK;
@@ -312,7 +312,7 @@ enum ld_err store_key_create(struct store *st, const char *org_id, const char *u
     if (admin_open(st, &c)) return LD_E_STORAGE;
     char tok[128];
     if (token_or_null)
-        snprintf(tok, sizeof(tok), "%s", token_or_null);
+        str_copy(tok, sizeof(tok), token_or_null);
     else
         new_token(tok, sizeof(tok));
     const char *v[] = {org_id, user_id};
@@ -323,7 +323,7 @@ enum ld_err store_key_create(struct store *st, const char *org_id, const char *u
     sqlite3_reset(s);
     enum ld_err e =
         member ? insert_key(&c, org_id, user_id, name, tok, key_id_out) : LD_E_NOT_FOUND;
-    if (e == LD_OK) snprintf(token_out, toklen, "%s", tok);
+    if (e == LD_OK) str_copy(token_out, toklen, tok);
     conn_close(&c);
     return e;
 }
@@ -383,8 +383,8 @@ enum ld_err store_principal(struct store *st, const char *org_id, const char *us
     bind_text(s, 2, user_id);
     enum ld_err e = LD_E_NOT_FOUND;
     if (sqlite3_step(s) == SQLITE_ROW) {
-        snprintf(p->org_id, sizeof(p->org_id), "%s", org_id);
-        snprintf(p->user_id, sizeof(p->user_id), "%s", user_id);
+        str_copy(p->org_id, sizeof(p->org_id), org_id);
+        str_copy(p->user_id, sizeof(p->user_id), user_id);
         col_copy(s, 0, p->principal_id, sizeof(p->principal_id));
         p->is_admin = 1;
         e = LD_OK;
@@ -792,8 +792,8 @@ enum ld_err store_harness_get(struct store *st, const char *org_id, const char *
     if (e == LD_OK && st->nhcache < HARNESS_CACHE && strlen(org_id) < ID_MAX &&
         strlen(id_or_name) < sizeof(st->hcache[0].key)) {
         struct harness_cached *h = &st->hcache[st->nhcache++];
-        snprintf(h->org_id, sizeof(h->org_id), "%s", org_id);
-        snprintf(h->key, sizeof(h->key), "%s", id_or_name);
+        str_copy(h->org_id, sizeof(h->org_id), org_id);
+        str_copy(h->key, sizeof(h->key), id_or_name);
         h->rec = *out;
         h->rec.name = dup_opt(out->name);
         h->rec.display_name = dup_opt(out->display_name);

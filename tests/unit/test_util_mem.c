@@ -58,11 +58,30 @@ static void test_reset_keeps_one_chunk_and_memory_bounded(void **state)
     arena_free(&a);
 }
 
+static void test_str_copy(void **state)
+{
+    char d[6];
+    str_copy(d, sizeof(d), "abc");
+    assert_string_equal(d, "abc");
+    str_copy(d, sizeof(d), "abcde"); /* exactly fits */
+    assert_string_equal(d, "abcde");
+    memset(d, 'X', sizeof(d));
+    str_copy(d, sizeof(d), "abcdefgh"); /* cut, terminated */
+    assert_string_equal(d, "abcde");
+    str_copy(d, sizeof(d), "");
+    assert_string_equal(d, "");
+    str_copy(d, sizeof(d), NULL);
+    assert_string_equal(d, "");
+    str_copy(d, 1, "xyz");
+    assert_string_equal(d, "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_alloc_zeroed_aligned),
         cmocka_unit_test(test_reset_keeps_one_chunk_and_memory_bounded),
+        cmocka_unit_test(test_str_copy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
