@@ -721,7 +721,8 @@ def test_event_cursors_are_indexed_also_after_an_upgrade(fresh_server):
     index, not by scanning the session's events (60 ms per lookup at 100,000
     events); a database from before the index and the events_total counter
     (schema 4) gets both at start, with a log line, and its cursors and
-    X-Total-Count keep working."""
+    X-Total-Count keep working; the events move to a rowid table (schema 7)
+    unchanged."""
     import os
     import sqlite3
     srv = fresh_server()
@@ -747,10 +748,29 @@ def test_event_cursors_are_indexed_also_after_an_upgrade(fresh_server):
     # migration 6 counted the stored events for X-Total-Count
     r = expect(c.get("/v1/sessions/%s/events" % sid, params={"limit": 1}), 200)
     assert r.headers["X-Total-Count"] == str(len([e for e in log if e["type"] != "output.message.delta"]))
+    # migration 7 moved the events into a rowid table: the same log, the
+    # same order, and still immutable and deleted with their session
+    assert get_events(c, sid) == log
+    other = c.create_session()["id"]
+    post_message(c, other, "after the upgrade")
+    other_log = wait_turn_end(c, other, 1)
     srv.stop_clean()
     db = sqlite3.connect(path)
     assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'events_id'").fetchone()[0] == 1
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 6
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 7
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    assert "WITHOUT ROWID" not in sql.upper(), sql
+    with pytest.raises(sqlite3.DatabaseError, match="immutable"):
+        db.execute("UPDATE events SET body = '{}' WHERE session_id = ?", (sid,))
+    db.close()
+    srv.start()
+    c = srv.client()
+    expect(c.delete("/v1/sessions/%s" % sid), 204)
+    assert get_events(c, other) == other_log
+    srv.stop_clean()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM events WHERE session_id = ?", (sid,)).fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM events WHERE session_id = ?", (other,)).fetchone()[0] == len(other_log)
     db.close()
     srv.start()
 
