@@ -61,11 +61,15 @@ void random_hex(char *out, size_t nbytes)
     *out = 0;
 }
 
-void id_new(const char *prefix, char out[ID_MAX])
+/* UUIDv7 with `ntail` of the last random bytes replaced by `tail`
+ * (big-endian) */
+static void id_make(const char *prefix, uint32_t tail, int ntail, char out[ID_MAX])
 {
     unsigned char u[16];
     uint64_t ms = (uint64_t)(time_now_us() / 1000);
-    random_bytes(u + 6, 10);
+    random_bytes(u + 6, (size_t)(10 - ntail));
+    for (int i = 0; i < ntail; i++)
+        u[15 - i] = (unsigned char)(tail >> (8 * i));
     for (int i = 0; i < 6; i++)
         u[i] = (unsigned char)(ms >> (40 - 8 * i));
     u[6] = (unsigned char)(0x70 | (u[6] & 0x0f)); /* version 7 */
@@ -78,6 +82,30 @@ void id_new(const char *prefix, char out[ID_MAX])
         out[pl + 2 + 2 * i] = hexd[u[i] & 15];
     }
     out[pl + 1 + ID_HEX] = 0;
+}
+
+void id_new(const char *prefix, char out[ID_MAX])
+{
+    id_make(prefix, 0, 0, out);
+}
+
+void id_new_tail(const char *prefix, uint32_t tail, char out[ID_MAX])
+{
+    id_make(prefix, tail, 4, out);
+}
+
+int id_tail(const char *id, uint32_t *tail)
+{
+    size_t n = strlen(id);
+    if (n < 8) return -1;
+    uint32_t v = 0;
+    for (const char *p = id + n - 8; *p; p++) {
+        int d = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : -1;
+        if (d < 0) return -1;
+        v = v << 4 | (uint32_t)d;
+    }
+    *tail = v;
+    return 0;
 }
 
 void id_with_hex(const char *prefix, const char *hex32, char out[ID_MAX])

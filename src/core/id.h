@@ -14,6 +14,14 @@
 
 /* Writes "<prefix>_<uuidv7 hex>" into out (ID_MAX bytes). */
 void id_new(const char *prefix, char out[ID_MAX]);
+/* The same with the last 32 bits (8 hex digits) set to `tail` instead of
+ * random: an event's ID carries its sequence, so that a cursor finds its
+ * event without an index of every ID (store_event_seq).  62 - 32 + 12 = 42
+ * random bits remain beside the millisecond time. */
+void id_new_tail(const char *prefix, uint32_t tail, char out[ID_MAX]);
+/* The value of the last 8 characters of id as lowercase hex: 0, or -1 if
+ * they are not 8 lowercase hex digits. */
+int id_tail(const char *id, uint32_t *tail);
 /* Writes "<prefix>_<hex>" where hex is copied from another ID's suffix. */
 void id_with_hex(const char *prefix, const char *hex32, char out[ID_MAX]);
 /* 0 if s is a valid ID of that prefix; else -1 with a message in why

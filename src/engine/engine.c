@@ -338,7 +338,11 @@ static struct event_rec *emit(struct batch *b, const char *type, const char *dat
     struct event_rec *ev = &b->ev[b->op.nevents++];
     struct live *ls = b->ls;
     ev->seq = ls->next_seq++;
-    id_new("event", ev->id);
+    /* the ID carries the sequence (see id_new_tail and migration 8) */
+    if (ev->seq <= (int64_t)UINT32_MAX)
+        id_new_tail("event", (uint32_t)ev->seq, ev->id);
+    else
+        id_new("event", ev->id);
     ev->type = type;
     ev->ts = time_now_us();
     struct turn *t = b->turn;

@@ -167,6 +167,12 @@ static const char *const migrations[] = {
     "CREATE TRIGGER sessions_ad_events AFTER DELETE ON sessions BEGIN"
     "  DELETE FROM events WHERE session_id = old.id;"
     "END;",
+    /* 8: event IDs made from now on end with their sequence (id_new_tail),
+     * so a cursor is found at (session_id, sequence) and those rows need no
+     * entry in events_id, which cost three pages per commit at 100 sessions
+     * (a fifth of the log).  The index keeps the older IDs. */
+    "DROP INDEX events_id;"
+    "CREATE INDEX events_id ON events(id) WHERE " EVENTS_ID_INDEXED ";",
 };
 #define NMIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))
 

@@ -8,6 +8,7 @@
  */
 #include "core/builtins.h"
 #include "limits.h"
+#include "core/id.h"
 #include "store/sqlite_int.h"
 #include "util/sha256.h"
 #include "util/timeutil.h"
@@ -889,11 +890,32 @@ int64_t store_events_total(struct store *st, const char *session_id)
     return v;
 }
 
+/* A cursor's sequence.  An event ID made since schema 8 ends with its
+ * sequence as 8 hex digits (id_new_tail): one look at (session, sequence)
+ * confirms it.  Older IDs are in events_id, which holds only the rows whose
+ * ID does not end with their sequence (the same expression as the index's
+ * WHERE, so that the planner may use it). */
 enum ld_err store_event_seq(struct store *st, const char *session_id, const char *event_id,
                             int64_t *seq)
 {
+    uint32_t tail;
+    if (id_tail(event_id, &tail) == 0) {
+        sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT 1 FROM events"
+                                             " WHERE session_id = ? AND sequence = ? AND id = ?");
+        if (!s) return LD_E_STORAGE;
+        bind_text(s, 1, session_id);
+        sqlite3_bind_int64(s, 2, tail);
+        bind_text(s, 3, event_id);
+        int found = sqlite3_step(s) == SQLITE_ROW;
+        sqlite3_reset(s);
+        if (found) {
+            *seq = tail;
+            return LD_OK;
+        }
+    }
     sqlite3_stmt *s =
-        conn_stmt(&st->rd, "SELECT sequence FROM events WHERE id = ? AND session_id = ?");
+        conn_stmt(&st->rd, "SELECT sequence FROM events WHERE id = ? AND session_id = ?"
+                           " AND " EVENTS_ID_INDEXED);
     if (!s) return LD_E_STORAGE;
     bind_text(s, 1, event_id);
     bind_text(s, 2, session_id);

@@ -10,6 +10,10 @@
 
 #define STMT_CACHE 48
 
+/* The rows events_id holds (schema 8): those whose ID does not end with
+ * their sequence in hex; a query must repeat it to use the index. */
+#define EVENTS_ID_INDEXED "substr(id, -8) <> printf('%08x', sequence)"
+
 struct conn {
     sqlite3 *db;
     struct {

@@ -606,6 +606,13 @@ def test_events_since_id_and_after_sequence(api, two_turns):
     olog = wait_turn_end(api, other, 1)
     r = api.get("/v1/sessions/%s/events" % sid, params={"since_id": olog[0]["id"]})
     assert r.status_code in (400, 404), r.text
+    # an event ID ends with its sequence, which is a hint, not a key: the
+    # same ending with other random digits names no event
+    real = log[5]["id"]
+    forged = real[:-12] + ("0" if real[-12] != "0" else "1") + real[-11:]
+    assert real.endswith("%08x" % log[5]["sequence"])
+    r = api.get("/v1/sessions/%s/events" % sid, params={"since_id": forged})
+    assert r.status_code in (400, 404), r.text
 
 
 def _last_event(c, sid):
@@ -717,12 +724,13 @@ def test_events_limit_reads_back_across_pages(fresh_server):
 
 
 def test_event_cursors_are_indexed_also_after_an_upgrade(fresh_server):
-    """A cursor (since_id, Last-Event-ID) is found through the events_id
-    index, not by scanning the session's events (60 ms per lookup at 100,000
-    events); a database from before the index and the events_total counter
-    (schema 4) gets both at start, with a log line, and its cursors and
-    X-Total-Count keep working; the events move to a rowid table (schema 7)
-    unchanged."""
+    """A cursor (since_id, Last-Event-ID) is found without scanning the
+    session's events (60 ms per lookup at 100,000 events): event IDs made
+    since schema 8 end with their sequence, older ones are in the events_id
+    index.  A database from schema 4 (no index, no events_total counter,
+    random event IDs) gets both at start, with a log line, its cursors and
+    X-Total-Count keep working, and its events move to a rowid table
+    (schema 7) unchanged."""
     import os
     import sqlite3
     srv = fresh_server()
@@ -734,9 +742,14 @@ def test_event_cursors_are_indexed_also_after_an_upgrade(fresh_server):
     srv.stop_clean()
     path = os.path.join(srv.data_dir, "loopd.db")
     db = sqlite3.connect(path)
-    plan = " ".join(r[3] for r in db.execute(
-        "EXPLAIN QUERY PLAN SELECT sequence FROM events WHERE id = ? AND session_id = ?", ("x", "y")))
-    assert "events_id" in plan, plan
+    # the events as an older loopd wrote them: IDs all random
+    renamed = {e["id"]: "event_" + uuid.uuid4().hex for e in log}
+    db.execute("DROP TRIGGER events_no_update")
+    for old_id, new_id in renamed.items():
+        db.execute("UPDATE events SET id = ?2, body = json_set(body, '$.id', ?2) WHERE id = ?1",
+                   (old_id, new_id))
+    db.commit()
+    log = [dict(e, id=renamed[e["id"]]) for e in log]
     db.executescript("DROP INDEX events_id; ALTER TABLE sessions DROP COLUMN events_total;"
                      " PRAGMA user_version = 4;")
     db.close()
@@ -754,10 +767,22 @@ def test_event_cursors_are_indexed_also_after_an_upgrade(fresh_server):
     other = c.create_session()["id"]
     post_message(c, other, "after the upgrade")
     other_log = wait_turn_end(c, other, 1)
+    for k in (0, 5, len(other_log) - 1):
+        assert get_events(c, other, {"since_id": other_log[k]["id"]}) == other_log[k + 1:]
     srv.stop_clean()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'events_id'").fetchone()[0] == 1
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 7
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 8
+    # the older IDs are in the index (and the planner uses it for them),
+    # the new ones end with their sequence and are not
+    legacy = "substr(id, -8) <> printf('%08x', sequence)"
+    plan = " ".join(r[3] for r in db.execute(
+        "EXPLAIN QUERY PLAN SELECT sequence FROM events WHERE id = ? AND session_id = ? AND " + legacy,
+        ("x", "y")))
+    assert "events_id" in plan, plan
+    assert db.execute("SELECT count(*) FROM events WHERE session_id = ? AND " + legacy,
+                      (sid,)).fetchone()[0] == len(log)
+    assert db.execute("SELECT count(*) FROM events WHERE session_id = ? AND NOT " + legacy,
+                      (other,)).fetchone()[0] == len(other_log)
     sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
     assert "WITHOUT ROWID" not in sql.upper(), sql
     with pytest.raises(sqlite3.DatabaseError, match="immutable"):

@@ -69,6 +69,38 @@ static void test_new_timestamp_is_now(void **state)
     assert_true(ms <= after + 3000);
 }
 
+/* An event ID with its sequence at the end: still a valid UUIDv7 ID of
+ * the current time, the last 8 hex digits are the value, the digits before
+ * them stay random, and id_tail reads the value back (and refuses a tail
+ * that is not 8 lowercase hex digits). */
+static void test_new_tail(void **state)
+{
+    const uint32_t tails[] = {0, 1, 0xabcdef, 0xffffffffu};
+    char prev[ID_MAX] = "";
+    for (size_t i = 0; i < sizeof(tails) / sizeof(tails[0]); i++) {
+        char id[ID_MAX], why[128];
+        uint32_t back = 7;
+        uint64_t before = (uint64_t)time(NULL) * 1000;
+        id_new_tail("event", tails[i], id);
+        assert_int_equal(id_check("event", id, why, sizeof(why)), 0);
+        assert_int_equal(id[6 + 12], '7');
+        assert_true(id_ms(id) + 3000 >= before);
+        char want[9];
+        snprintf(want, sizeof(want), "%08x", tails[i]);
+        assert_string_equal(id + strlen(id) - 8, want);
+        assert_int_equal(id_tail(id, &back), 0);
+        assert_int_equal(back, tails[i]);
+        assert_memory_not_equal(id, prev, 6 + 24); /* random part differs */
+        memcpy(prev, id, sizeof(prev));
+    }
+    uint32_t v = 0;
+    assert_int_equal(id_tail("event_0123456789abcdef0123456789ABCDEF", &v), -1);
+    assert_int_equal(id_tail("event_0123456789abcdef0123456789abcde-", &v), -1);
+    assert_int_equal(id_tail("1234567", &v), -1);
+    assert_int_equal(id_tail("x0000002a", &v), 0);
+    assert_int_equal(v, 42);
+}
+
 /* IDs made one after another never go back in time, and once the
  * millisecond changes the later ID sorts after the earlier one as a plain
  * string (what ORDER BY id relies on). */
@@ -242,6 +274,7 @@ int main(void)
         cmocka_unit_test(test_new_format),
         cmocka_unit_test(test_new_timestamp_is_now),
         cmocka_unit_test(test_new_sorts_by_time),
+        cmocka_unit_test(test_new_tail),
         cmocka_unit_test(test_new_unique),
         cmocka_unit_test(test_check_valid),
         cmocka_unit_test(test_check_wrong_prefix),
