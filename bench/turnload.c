@@ -22,6 +22,10 @@
  *                                     (open loop, round robin over the live
  *                                     sessions not busy); delivery latency =
  *                                     POST sent -> input.message on the stream
+ *   rate     method=GET path=/healthz body= expect=200 conns=64 rate=15000
+ *            warmup=2 duration=10   one request at `rate` per second (open
+ *                                     loop) over `conns` connections; latency
+ *                                     from each request's scheduled time
  *
  * Output: `RESULT name=value` lines on stdout; errors on stderr.  Exit status
  * 1 if any error was seen (non-2xx, a dropped stream, a gap in a session's
@@ -41,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -179,6 +184,7 @@ struct conn {
 	int busy;
 	resp_cb cb;
 	void *ud;
+	double t_sched; /* rate mode: when the request was due */
 	/* SSE */
 	int hdr_done, connected, idle, closing;
 	int ch_state;
@@ -689,14 +695,27 @@ static void handle(conn *c, uint32_t evs)
 	}
 }
 
-static void loop_once(int timeout_ms)
+/* one epoll round; waits at most `secs` (0: poll).  epoll_pwait2 takes a
+ * nanosecond timeout, so an open loop sleeps until its next send instead
+ * of spinning on epoll_wait(0) through the last millisecond: a client
+ * busy on its whole CPU delays the kernel work (block completions,
+ * writeback) that runs there too. */
+static void loop_wait(double secs)
 {
 	struct epoll_event evs[512];
-	int n = epoll_wait(g_ep, evs, 512, timeout_ms);
+	if (secs < 0)
+		secs = 0;
+	struct timespec ts = {.tv_sec = (time_t)secs, .tv_nsec = (long)((secs - (time_t)secs) * 1e9)};
+	int n = epoll_pwait2(g_ep, evs, 512, &ts, NULL);
 	if (n < 0 && errno != EINTR)
-		die("epoll_wait: %s", strerror(errno));
+		die("epoll_pwait2: %s", strerror(errno));
 	for (int i = 0; i < n; i++)
 		handle(evs[i].data.ptr, evs[i].events);
+}
+
+static void loop_once(int timeout_ms)
+{
+	loop_wait(timeout_ms / 1000.0);
 }
 
 /* run the loop until cond() holds; 0, or -1 on the deadline (an error) */
@@ -1128,7 +1147,7 @@ static void mode_streams(long nidle, long nlive, double rate, double dur)
 			next += 1.0 / rate;
 		}
 		double wait = next - now();
-		loop_once(wait > 0 ? (int)(wait * 1000) : 0);
+		loop_wait(wait);
 	}
 	double t1 = now();
 	double c1 = proc_cpu_s(g_pid), l1 = self_cpu_s();
@@ -1156,6 +1175,138 @@ static void mode_streams(long nidle, long nlive, double rate, double dur)
 	print_lat("live_fanout", &g_lat_fanout);
 	print_lat("live_turn", &g_lat_turn);
 	print_lat("live_ack", &g_lat_ack);
+}
+
+/* rate: plain requests at a fixed rate (open loop) over `conns` keep-alive
+ * connections.  Each request has a scheduled send time; its latency runs
+ * from that time to the end of its answer, so a server that falls behind
+ * is charged for the wait of every request it delayed (no coordinated
+ * omission).  A request whose time comes while every connection is busy
+ * waits in a backlog for the first one free. */
+static char *g_rate_req;
+static size_t g_rate_reqlen;
+static int g_rate_expect;
+static double *g_backlog;
+static size_t g_bl_head, g_bl_len, g_bl_cap, g_bl_max;
+static samples g_lat_rate;
+static double g_rate_t0, g_rate_t1; /* the measured window */
+static long g_rate_sent, g_rate_done, g_rate_done_window;
+
+static void rate_send(conn *c, double t_sched);
+
+static void on_rate_resp(conn *c, int status, const char *body, size_t blen)
+{
+	double t = now(), ts = c->t_sched;
+	if (status != g_rate_expect) {
+		g_non2xx++;
+		err("%.40s answered %d: %.*s", g_rate_req, status, (int)(blen > 300 ? 300 : blen), body);
+	}
+	g_rate_done++;
+	if (ts >= g_rate_t0 && ts < g_rate_t1) {
+		if (getenv("X_DUMP")) { static FILE *df; if (!df) df = fopen(getenv("X_DUMP"), "w"); fprintf(df, "%.6f %.6f\n", ts, t - ts); }
+		sample_add(&g_lat_rate, t - ts);
+		g_rate_done_window++;
+	}
+	if (g_bl_len) {
+		double next = g_backlog[g_bl_head];
+		g_bl_head = (g_bl_head + 1) % g_bl_cap;
+		g_bl_len--;
+		rate_send(c, next);
+	}
+}
+
+static void rate_send(conn *c, double t_sched)
+{
+	c->t_sched = t_sched;
+	c->busy = 1;
+	c->cb = on_rate_resp;
+	g_rate_sent++;
+	conn_send(c, g_rate_req, g_rate_reqlen);
+}
+
+static void backlog_push(double t)
+{
+	if (g_bl_len == g_bl_cap) {
+		size_t ncap = g_bl_cap ? g_bl_cap * 2 : 1024;
+		double *nb = xrealloc(NULL, ncap * sizeof *nb);
+		for (size_t i = 0; i < g_bl_len; i++)
+			nb[i] = g_backlog[(g_bl_head + i) % (g_bl_cap ? g_bl_cap : 1)];
+		free(g_backlog);
+		g_backlog = nb;
+		g_bl_cap = ncap;
+		g_bl_head = 0;
+	}
+	g_backlog[(g_bl_head + g_bl_len) % g_bl_cap] = t;
+	if (++g_bl_len > g_bl_max)
+		g_bl_max = g_bl_len;
+}
+
+static int cond_rate_idle(void) { return g_rate_done >= g_rate_sent && !g_bl_len; }
+
+static void mode_rate(const char *method, const char *path, const char *body, int expect, int nconn,
+		      double rate, double warm, double dur)
+{
+	size_t blen = strlen(body);
+	g_rate_req = malloc(1024 + strlen(path) + strlen(g_key) + blen);
+	if (!g_rate_req)
+		die("out of memory");
+	int n = sprintf(g_rate_req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: %s\r\n", method, path,
+			g_port, g_key);
+	if (blen)
+		n += sprintf(g_rate_req + n, "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s", blen,
+			     body);
+	else
+		n += sprintf(g_rate_req + n, "\r\n");
+	g_rate_reqlen = (size_t)n;
+	g_rate_expect = expect;
+	conn *cs = calloc((size_t)nconn, sizeof *cs);
+	if (!cs)
+		die("out of memory");
+	for (int i = 0; i < nconn; i++) {
+		cs[i].fd = -1;
+		cs[i].kind = C_REQ;
+		if (conn_open(&cs[i]) < 0)
+			die("cannot connect");
+	}
+	double t0 = now();
+	g_rate_t0 = t0 + warm;
+	g_rate_t1 = g_rate_t0 + dur;
+	double next = t0, c0 = 0, l0 = 0;
+	int measuring = 0;
+	int free_at = 0; /* where the search for a free connection starts */
+	while (now() < g_rate_t1) {
+		double t = now();
+		if (!measuring && t >= g_rate_t0) {
+			c0 = proc_cpu_s(g_pid);
+			l0 = self_cpu_s();
+			measuring = 1;
+		}
+		while (next <= t) {
+			int k;
+			for (k = 0; k < nconn && (cs[free_at].busy || cs[free_at].fd < 0); k++)
+				free_at = (free_at + 1) % nconn;
+			if (k == nconn || g_bl_len)
+				backlog_push(next);
+			else
+				rate_send(&cs[free_at], next);
+			next += 1.0 / rate;
+		}
+		double wait = next - now();
+		loop_wait(wait);
+	}
+	double c1 = proc_cpu_s(g_pid), l1 = self_cpu_s();
+	run_until(cond_rate_idle, g_timeout, "the last answers");
+	for (int i = 0; i < nconn; i++)
+		conn_close(&cs[i]);
+	free(cs);
+	printf("RESULT rate_offered_per_s=%.1f\n", rate);
+	printf("RESULT rate_done_per_s=%.1f\n", g_rate_done_window / dur);
+	printf("RESULT rate_backlog_max=%zu\n", g_bl_max);
+	printf("RESULT rate_server_cpu_pct=%.1f\n", (c1 - c0) / dur * 100);
+	printf("RESULT rate_client_cpu_pct=%.1f\n", (l1 - l0) / dur * 100);
+	if (g_rate_done_window)
+		printf("RESULT rate_server_cpu_us_per_req=%.1f\n", (c1 - c0) * 1e6 / g_rate_done_window);
+	print_lat("rate", &g_lat_rate);
 }
 
 /* ------------------------------------------------------------------- main */
@@ -1191,10 +1342,11 @@ int main(int argc, char **argv)
 	g_argc = argc;
 	g_argv = argv;
 	if (argc < 2) {
-		fprintf(stderr, "usage: turnload floor|seq|conc|streams port=P key=K [pid=N] [name=value ...]\n");
+		fprintf(stderr, "usage: turnload floor|seq|conc|streams|rate port=P key=K [pid=N] [name=value ...]\n");
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	prctl(PR_SET_TIMERSLACK, 1UL); /* wake on time for scheduled sends (default slack 50 µs) */
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -1222,6 +1374,13 @@ int main(int argc, char **argv)
 		if (rate <= 0)
 			die("rate must be > 0");
 		mode_streams((long)argd("idle", 10000), (long)argd("live", 1000), rate, argd("duration", 5));
+	} else if (!strcmp(m, "rate")) {
+		double rate = argd("rate", 15000);
+		int nconn = (int)argd("conns", 64);
+		if (rate <= 0 || nconn < 1)
+			die("rate and conns must be > 0");
+		mode_rate(arg("method", "GET"), arg("path", "/healthz"), arg("body", ""), (int)argd("expect", 200),
+			  nconn, rate, argd("warmup", 2), argd("duration", 10));
 	} else {
 		fprintf(stderr, "turnload: unknown mode %s\n", m);
 		return 2;
