@@ -6,6 +6,7 @@
  *                         append KB kilobytes then fdatasync(), N times, to
  *                         a new file in DIR (removed afterwards); prints
  *   DISKFLOOR n=N kb=KB p50_us=.. p90_us=.. p99_us=.. max_us=.. over5ms=..
+ *             stalled_pct=..
  *
  * With BUSYCPU, a thread spins on that CPU while the syncs are timed, as
  * the load generator keeps its CPU busy during a benchmark.  On the

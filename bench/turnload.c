@@ -1182,12 +1182,16 @@ static void mode_streams(long nidle, long nlive, double rate, double dur)
  * from that time to the end of its answer, so a server that falls behind
  * is charged for the wait of every request it delayed (no coordinated
  * omission).  A request whose time comes while every connection is busy
- * waits in a backlog for the first one free. */
+ * waits in a backlog for the first one free.  Send times are evenly spaced
+ * and the backlog is first in, first out, so it is a count and the time
+ * of its oldest request.  Throughput counts the answers that arrive within
+ * the measured window, so an overloaded server shows what it managed. */
 static char *g_rate_req;
 static size_t g_rate_reqlen;
 static int g_rate_expect;
-static double *g_backlog;
-static size_t g_bl_head, g_bl_len, g_bl_cap, g_bl_max;
+static double g_rate_gap;  /* 1 / rate */
+static double g_bl_oldest; /* the backlog's first scheduled time */
+static size_t g_bl_len, g_bl_max;
 static samples g_lat_rate;
 static double g_rate_t0, g_rate_t1; /* the measured window */
 static long g_rate_sent, g_rate_done, g_rate_done_window;
@@ -1202,14 +1206,13 @@ static void on_rate_resp(conn *c, int status, const char *body, size_t blen)
 		err("%.40s answered %d: %.*s", g_rate_req, status, (int)(blen > 300 ? 300 : blen), body);
 	}
 	g_rate_done++;
-	if (ts >= g_rate_t0 && ts < g_rate_t1) {
-		if (getenv("X_DUMP")) { static FILE *df; if (!df) df = fopen(getenv("X_DUMP"), "w"); fprintf(df, "%.6f %.6f\n", ts, t - ts); }
+	if (ts >= g_rate_t0 && ts < g_rate_t1) /* latency: requests due in the window */
 		sample_add(&g_lat_rate, t - ts);
+	if (t >= g_rate_t0 && t < g_rate_t1) /* throughput: answers within it */
 		g_rate_done_window++;
-	}
 	if (g_bl_len) {
-		double next = g_backlog[g_bl_head];
-		g_bl_head = (g_bl_head + 1) % g_bl_cap;
+		double next = g_bl_oldest;
+		g_bl_oldest += g_rate_gap;
 		g_bl_len--;
 		rate_send(c, next);
 	}
@@ -1226,17 +1229,8 @@ static void rate_send(conn *c, double t_sched)
 
 static void backlog_push(double t)
 {
-	if (g_bl_len == g_bl_cap) {
-		size_t ncap = g_bl_cap ? g_bl_cap * 2 : 1024;
-		double *nb = xrealloc(NULL, ncap * sizeof *nb);
-		for (size_t i = 0; i < g_bl_len; i++)
-			nb[i] = g_backlog[(g_bl_head + i) % (g_bl_cap ? g_bl_cap : 1)];
-		free(g_backlog);
-		g_backlog = nb;
-		g_bl_cap = ncap;
-		g_bl_head = 0;
-	}
-	g_backlog[(g_bl_head + g_bl_len) % g_bl_cap] = t;
+	if (!g_bl_len)
+		g_bl_oldest = t;
 	if (++g_bl_len > g_bl_max)
 		g_bl_max = g_bl_len;
 }
@@ -1259,6 +1253,7 @@ static void mode_rate(const char *method, const char *path, const char *body, in
 		n += sprintf(g_rate_req + n, "\r\n");
 	g_rate_reqlen = (size_t)n;
 	g_rate_expect = expect;
+	g_rate_gap = 1.0 / rate;
 	conn *cs = calloc((size_t)nconn, sizeof *cs);
 	if (!cs)
 		die("out of memory");
@@ -1289,7 +1284,7 @@ static void mode_rate(const char *method, const char *path, const char *body, in
 				backlog_push(next);
 			else
 				rate_send(&cs[free_at], next);
-			next += 1.0 / rate;
+			next += g_rate_gap;
 		}
 		double wait = next - now();
 		loop_wait(wait);
