@@ -767,7 +767,7 @@ def test_the_largest_body_the_bound_allows_is_served(fresh_server, tmp_path):
     40 MB message aborted it: a message needs about twice its size of the
     request's 64 MiB arena).  A larger --max-body is refused at start."""
     import subprocess
-    from conftest import LOOPD_BIN, post_message, wait_turn_end
+    from conftest import LOOPD_BIN, user_message, wait_turn_end
     bound = 16 * 1024 * 1024
     res = subprocess.run([LOOPD_BIN, "--max-body", str(bound + 1), "--data-dir", str(tmp_path)],
                          capture_output=True, timeout=10)
@@ -776,7 +776,10 @@ def test_the_largest_body_the_bound_allows_is_served(fresh_server, tmp_path):
     c = srv.client()
     sid = c.create_session()["id"]
     text = "m" * (bound - 200)
-    post_message(c, sid, text)
+    # 16 MiB parsed, stored twice (event and message) and synced: ~15 s of
+    # the suite's valgrind run alone, past the client's usual 15 s
+    r = c.post("/v1/sessions/%s/messages" % sid, user_message(text), timeout=120)
+    expect(r, 201)
     log = wait_turn_end(c, sid, timeout=60)
     assert log[0]["data"]["message"]["content"][0]["text"] == text
     msgs = expect(c.get("/v1/sessions/%s/messages" % sid), 200).json()
