@@ -10,10 +10,13 @@
  *
  * With BUSYCPU, a thread spins on that CPU while the syncs are timed, as
  * the load generator keeps its CPU busy during a benchmark.  On the
- * Firecracker VMs we measure on, that alone changes the disk: with both
- * vCPUs busy, flushes stall ~10 ms about every 100 ms (the host runs the
- * virtual disk's I/O on CPU time the busy vCPUs compete for), so a durable
- * write's tail there is the host's, not the server's.  `over5ms` counts
+ * Firecracker VMs we measure on, that alone changes the disk: with one
+ * vCPU busy and the other syncing, the host stops the whole VM (both vCPUs,
+ * not only the disk: bench/vmfreeze.c sees it) for 3-15 ms about every
+ * 100 ms, more often the more flushes a second (measured beside a spinning
+ * vCPU: none at 1,000 syncs/s, ~0.1 % of the time at 2,000/s, ~9 % at
+ * 3,000/s), so a durable write's tail there is the host's, not the
+ * server's.  `over5ms` counts
  * the syncs that took longer than 5 ms and `stalled_pct` the share of the
  * run's wall time they took: a server's request that arrives during a
  * stall waits for it, so that share, not the share of syncs, is the share

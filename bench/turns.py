@@ -48,6 +48,7 @@ import util  # noqa: E402  (freeport, wait)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOOPD = os.path.join(ROOT, "build", "loopd")
 TURNLOAD = os.path.join(ROOT, "build", "turnload")
+VMFREEZE = os.path.join(ROOT, "build", "vmfreeze")
 SRC = os.path.join(ROOT, "bench", "turnload.c")
 
 # Everruns' published figures (issue 4)
@@ -113,6 +114,33 @@ class Loopd:
                 self.p.wait(5)
         self.rc = self.p.returncode
         return self.rc
+
+
+class Freeze:
+    """bench/vmfreeze.c around one run: the share of its wall time in which
+    every vCPU stood still at once (the host had stopped the VM)."""
+
+    def __init__(self):
+        self.p = None
+        if os.access(VMFREEZE, os.X_OK):
+            self.p = subprocess.Popen([VMFREEZE], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                      stdin=subprocess.DEVNULL)
+
+    def stop(self):
+        """'P % of the time (N episodes, longest M ms)' or 'not measured'"""
+        if not self.p:
+            return "not measured"
+        self.p.send_signal(signal.SIGTERM)
+        try:
+            out = self.p.communicate(timeout=10)[0].decode()
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+            return "not measured"
+        f = dict(kv.split("=", 1) for kv in out.split()[1:] if "=" in kv)
+        if "frozen_pct" not in f:
+            return "not measured"
+        return "%s %% of the time (%s episodes, longest %s ms)" % (f["frozen_pct"], f["episodes"], f["max_ms"])
 
 
 def run_turnload(mode, srv, key, pin, args, timeout):
@@ -234,6 +262,7 @@ def main():
             errors.append("%s: %s" % (name, e.split("ERROR: ", 1)[-1].split("FATAL: ", 1)[-1]))
 
     R = {}
+    frozen = {}
     try:
         # ---------------------------------------------------- cases 0-3
         srv = Loopd(tmp, "data", key, spin)
@@ -253,9 +282,11 @@ def main():
         R.update(r)
         if open_rate > 0:
             # the same sessions' latency below saturation: open loop, no idle streams
+            fz = Freeze()
             r, e = run_turnload("streams", srv, key, cpin, {"idle": 0, "live": n_sess, "rate": open_rate,
                                                             "duration": dur / 2, "timeout": wait_to},
                                 int(tl_to + dur))
+            frozen["open"] = fz.stop()
             gather(r, e, "%d sessions at %g turns/s" % (n_sess, open_rate))
             R.update({"open_" + k: v for k, v in r.items()})
         stop(srv)
@@ -264,10 +295,12 @@ def main():
         if n_idle + n_live > 0:
             srv = Loopd(tmp, "data-streams", key, spin)
             servers.append(srv)
+            fz = Freeze()
             r, e = run_turnload("streams", srv, key, cpin,
                                 {"idle": n_idle, "live": n_live, "rate": rate, "duration": live_dur,
                                  "timeout": wait_to},
                                 int(tl_to + live_dur + (n_idle + n_live) / 100))
+            frozen["streams"] = fz.stop()
             gather(r, e, "streams")
             R.update(r)
             stop(srv)
@@ -381,6 +414,10 @@ def main():
         say("  p50 is about %d / turns/s (%s at %s turns/s); p50 < 1 ms there would need %s turns/s. The open-loop"
             % (n_sess, fmt_us(n_sess / tps * 1e6), fmt_int(tps), fmt_int(n_sess * 1000)))
         say("  row shows the same sessions' latency below saturation.")
+    if frozen:
+        say("- the whole VM stood still (every vCPU at once; bench/vmfreeze.c, host descheduling): open loop %s;"
+            % frozen.get("open", "not run"))
+        say("  streams run (sessions and streams set up, then the live phase) %s" % frozen.get("streams", "not run"))
     if counts["not_started"]:
         notes.append("%d POSTs answered with a delivery other than `started`" % counts["not_started"])
     seen = set()
