@@ -37,6 +37,9 @@ int conn_open(struct conn *c, const char *path, enum conn_mode mode, char *err, 
 /* walvfs.c: registers the "loopd-wal" VFS (idempotent; before threads start) */
 int walvfs_register(void);
 const char *walvfs_name(void);
+/* from now on, this thread yields its CPU every n reads of a log (0: never):
+ * the checkpointer's copy is otherwise one long CPU burst (writer.c) */
+void walvfs_yield_every(int n);
 /* what the loopd-wal VFS did to WAL files, since the start (for tests) */
 struct walvfs_stats {
     unsigned long writes;        /* writes handed to the file system */

@@ -32,8 +32,14 @@
  * checkpointer's (which never writes the log), nothing else.
  * Only files opened with SQLITE_OPEN_WAL through this VFS are wrapped; every
  * other file is the default VFS's own, opened in place.
+ *
+ * A thread that reads the log in bulk can ask to give up its CPU every n
+ * reads (walvfs_yield_every, thread-local): the checkpointer reads one
+ * frame per page it copies, and its copy would otherwise be one burst that
+ * the loop, sharing its core, waits behind (writer.c has the figures).
  */
 #include "store/sqlite_int.h"
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -86,9 +92,22 @@ static int wal_close(sqlite3_file *p)
     return rc != SQLITE_OK ? rc : rc2;
 }
 
+/* set by walvfs_yield_every() in the thread that reads the log in bulk */
+static _Thread_local int yield_every, reads_since_yield;
+
+void walvfs_yield_every(int n)
+{
+    yield_every = n;
+    reads_since_yield = 0;
+}
+
 static int wal_read(sqlite3_file *p, void *out, int amt, sqlite3_int64 ofst)
 {
     struct walfile *f = (struct walfile *)p;
+    if (yield_every > 0 && ++reads_since_yield >= yield_every) {
+        reads_since_yield = 0;
+        sched_yield();
+    }
     int rc = wal_flush(f);
     return rc != SQLITE_OK ? rc : f->real->pMethods->xRead(f->real, out, amt, ofst);
 }

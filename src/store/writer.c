@@ -124,6 +124,17 @@ static void *checkpointer_main(void *arg)
     }
     conn_exec(&c, "PRAGMA wal_autocheckpoint=0");
     sqlite3_busy_timeout(c.db, 2000);
+    /* A checkpoint run copies hundreds of pages in one CPU burst, and a
+     * loop woken by a finished commit on the same core waited behind it:
+     * with 100 sessions at 1,000 turns/s on one core, commit finished ->
+     * its callback on the loop took p99 1.65-1.80 ms.  Yielding every 16
+     * log reads (one per page copied) lets the loop and the writer in
+     * between: 0.33-0.48 ms, turn p90 2.6-3.7 -> 1.9-2.7 ms (3 alternating
+     * rounds each of 8, 32 and none).  Unlike a lower priority (nice 19
+     * did as well), the checkpointer keeps its fair share of the CPU and
+     * cannot starve; under saturating POSTs throughput was unchanged within
+     * the noise (4 rounds) and the log peaked at 20-26 MB instead of 18 MB. */
+    walvfs_yield_every(16);
     int dbfd = open(w->path, O_RDONLY | O_CLOEXEC);
     pthread_mutex_lock(&w->mu);
     while (!w->stop) {
