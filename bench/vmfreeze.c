@@ -118,8 +118,9 @@ static void common(struct probe *ps, int n, double *total, int *episodes, double
 
 int main(int argc, char **argv)
 {
-    double secs = argc > 1 ? atof(argv[1]) : 0;
-    if (argc > 2 || secs < 0) {
+    char *end = NULL;
+    double secs = argc > 1 ? strtod(argv[1], &end) : 0;
+    if (argc > 2 || secs < 0 || (end && (end == argv[1] || *end))) {
         fprintf(stderr, "usage: vmfreeze [SECONDS]   (0 or none: until SIGINT/SIGTERM)\n");
         return 2;
     }
