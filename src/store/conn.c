@@ -50,6 +50,7 @@ void conn_close(struct conn *c)
     sqlite3_finalize(c->begin);
     sqlite3_finalize(c->commit);
     sqlite3_close(c->db);
+    free(c->deltas);
     memset(c, 0, sizeof(*c));
 }
 

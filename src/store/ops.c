@@ -80,6 +80,78 @@ static void bind_session(sqlite3_stmt *st, const struct session_rec *s)
     sqlite3_bind_int64(st, 21, s->created_at);
 }
 
+/*
+ * Session counts: session_counts (per org and status, for `total` and
+ * /v1/sessions/stats) and resource_session_counts (per harness and agent).
+ * AFTER INSERT triggers used to keep them: two trigger programs and three
+ * upserts for every new session, a third of the writer's time per insert
+ * (measured, README).  Now each insert notes its +1s here; the writer keeps
+ * them when the op succeeds (ops_counts_op_end) and, before the batch
+ * commits, upserts each distinct count once (ops_counts_flush), in the
+ * same transaction.  Deletes and status changes still go through triggers
+ * (schema 9); those add and subtract with upserts too, so the order in
+ * which a batch's changes land does not matter.
+ */
+struct count_delta {
+    char key[ID_MAX]; /* org id, or harness or agent id */
+    int status;       /* session_counts' status; -1 for resource_session_counts */
+    int64_t n;
+};
+
+static void count_note(struct conn *c, const char *key, int status)
+{
+    if (c->ndeltas == c->capdeltas) {
+        c->capdeltas = c->capdeltas ? c->capdeltas * 2 : 16;
+        c->deltas = xrealloc(c->deltas, sizeof(*c->deltas) * (size_t)c->capdeltas);
+    }
+    struct count_delta *d = &c->deltas[c->ndeltas++];
+    str_copy(d->key, sizeof(d->key), key);
+    d->status = status;
+    d->n = 1;
+}
+
+void ops_counts_op_end(struct conn *c, int ok)
+{
+    for (int i = c->nkept; ok && i < c->ndeltas; i++) {
+        struct count_delta *d = &c->deltas[i];
+        int j = 0;
+        while (j < c->nkept &&
+               (c->deltas[j].status != d->status || strcmp(c->deltas[j].key, d->key)))
+            j++;
+        if (j < c->nkept)
+            c->deltas[j].n += d->n;
+        else if (c->nkept++ != i)
+            c->deltas[j] = *d;
+    }
+    c->ndeltas = c->nkept;
+}
+
+int ops_counts_flush(struct conn *c)
+{
+    int rc = 0;
+    for (int i = 0; i < c->nkept && rc == 0; i++) {
+        const struct count_delta *d = &c->deltas[i];
+        sqlite3_stmt *st;
+        if (d->status >= 0) {
+            st = conn_stmt(c, "INSERT INTO session_counts(org_id, status, n) VALUES(?,?,?)"
+                              " ON CONFLICT(org_id, status) DO UPDATE SET n = n + excluded.n");
+            if (st) sqlite3_bind_int(st, 2, d->status);
+        } else
+            st = conn_stmt(c, "INSERT INTO resource_session_counts(resource_id, n) VALUES(?,?3)"
+                              " ON CONFLICT(resource_id) DO UPDATE SET n = n + excluded.n");
+        if (!st) {
+            rc = -1;
+            break;
+        }
+        bind_text(st, 1, d->key);
+        sqlite3_bind_int64(st, 3, d->n);
+        if (sqlite3_step(st) != SQLITE_DONE) rc = -1;
+        sqlite3_reset(st);
+    }
+    c->ndeltas = c->nkept = 0;
+    return rc;
+}
+
 static void session_insert(struct conn *c, struct store_op *op)
 {
     sqlite3_stmt *st = conn_stmt(c, INSERT_SESSION);
@@ -87,9 +159,13 @@ static void session_insert(struct conn *c, struct store_op *op)
         fail(op, LD_E_STORAGE, "Storage error");
         return;
     }
-    bind_session(st, op->session);
+    const struct session_rec *s = op->session;
+    bind_session(st, s);
     if (step_done(c, st, op)) return;
-    insert_idem(c, op);
+    if (insert_idem(c, op)) return;
+    count_note(c, s->org_id, s->status);
+    count_note(c, s->harness_id, -1);
+    if (*s->agent_id) count_note(c, s->agent_id, -1);
 }
 
 static void chat_get_or_create(struct conn *c, struct store_op *op)

@@ -26,6 +26,9 @@ struct conn {
     int snapshot;   /* reads share one transaction until conn_end_snapshot */
     int in_txn;
     sqlite3_stmt *begin, *commit; /* the snapshot's, prepared once */
+    /* writer: the session counts its batch changed (ops.c, ops_counts_*) */
+    struct count_delta *deltas;
+    int ndeltas, nkept, capdeltas;
 };
 
 /* CONN_RW: read-write; CONN_RO: read-only; CONN_WRITER: read-write through
@@ -93,6 +96,11 @@ void writer_metrics(struct writer *w, struct store_metrics *m);
 
 /* the SQL each op runs (store/ops.c), inside a SAVEPOINT on the writer */
 void ops_run(struct conn *c, struct store_op *op);
+/* after each op: keep (ok) or drop the session counts it changed */
+void ops_counts_op_end(struct conn *c, int ok);
+/* before the batch's COMMIT: the counts kept, added to the tables; 0 or -1
+ * (then the batch must not commit).  Always starts the next batch afresh. */
+int ops_counts_flush(struct conn *c);
 
 /* session row reading shared by reads and ops */
 #define SESSION_COLS                                                                               \

@@ -14,8 +14,10 @@
  *    own SAVEPOINT (a failing op is rolled back alone and reports its
  *    error), then COMMIT.  With synchronous=FULL the commit returns after
  *    the WAL is fsynced, so every op of the batch is durable at once: group
- *    commit.  While one batch syncs, the next accumulates.
- *  - If COMMIT fails, every op of the batch reports LD_E_STORAGE: none of
+ *    commit.  While one batch syncs, the next accumulates.  The session
+ *    counts the batch's new sessions add are upserted once per batch,
+ *    just before COMMIT (ops.c, "Session counts").
+ *  - If those counts or COMMIT fail, every op of the batch reports LD_E_STORAGE: none of
  *    them is acknowledged.
  *  - Finished ops go to a done list in FIFO order and the loop is woken
  *    through an eventfd; their `done` callbacks run on the loop thread
@@ -190,8 +192,10 @@ static void run_batch(struct writer *w, struct store_op *batch)
         ops_run(&w->c, op);
         if (op->err != LD_OK) step_once(&w->c, "ROLLBACK TO op");
         step_once(&w->c, "RELEASE op");
+        ops_counts_op_end(&w->c, op->err == LD_OK);
     }
-    if (began && conn_exec(&w->c, "COMMIT") != 0) {
+    /* the batch's session counts go in with it, or nothing does */
+    if (began && (ops_counts_flush(&w->c) != 0 || conn_exec(&w->c, "COMMIT") != 0)) {
         fprintf(stderr, "level=error msg=\"commit failed\" err=\"%s\"\n", sqlite3_errmsg(w->c.db));
         conn_exec(&w->c, "ROLLBACK");
         pthread_mutex_lock(&w->mu);

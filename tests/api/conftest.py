@@ -29,6 +29,21 @@ ANON_USER = "00000000-0000-0000-0000-000000000001"
 HARNESS_BASE = "harness_01933b5a000070008000000000000601"
 HARNESS_GENERIC = "harness_01933b5a000070008000000000000602"
 HARNESS_CHAT = "harness_01933b5a000070008000000000000603"
+
+# The AFTER INSERT triggers that kept the session counts until schema 9 (the
+# writer counts new sessions since).  A test that turns a database back into
+# an older schema puts them back first, as such a database has them.
+SCHEMA8_INSERT_TRIGGERS = (
+    "CREATE TRIGGER sessions_ai AFTER INSERT ON sessions BEGIN"
+    "  INSERT INTO session_counts(org_id, status, n) VALUES(new.org_id, new.status, 1)"
+    "    ON CONFLICT(org_id, status) DO UPDATE SET n = n + 1;"
+    " END;"
+    " CREATE TRIGGER sessions_ai_resources AFTER INSERT ON sessions BEGIN"
+    "  INSERT INTO resource_session_counts(resource_id, n) VALUES(new.harness_id, 1)"
+    "    ON CONFLICT(resource_id) DO UPDATE SET n = n + 1;"
+    "  INSERT INTO resource_session_counts(resource_id, n) SELECT new.agent_id, 1"
+    "    WHERE new.agent_id IS NOT NULL ON CONFLICT(resource_id) DO UPDATE SET n = n + 1;"
+    " END;")
 GENERIC_FEATURES = {"file_system", "secrets", "key_value"}
 
 # The deadline passed as --request-timeout to servers started by the suite.

@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from conftest import (GENERIC_FEATURES, HARNESS_BASE, HARNESS_CHAT, HARNESS_GENERIC,
+                      SCHEMA8_INSERT_TRIGGERS,
                       assert_limit_error, assert_no_nulls, assert_problem, expect, id_re, parse_ts,
                       validate)
 
@@ -305,7 +306,8 @@ def test_session_counts_of_harnesses_and_agents(fresh_server):
     # an older database: no counters yet; they are built from what is stored
     srv.stop_clean()
     db = sqlite3.connect(os.path.join(srv.data_dir, "loopd.db"))
-    db.executescript("DROP TRIGGER sessions_ai_resources; DROP TRIGGER sessions_ad_resources;"
+    db.executescript(SCHEMA8_INSERT_TRIGGERS +
+                     " DROP TRIGGER sessions_ai_resources; DROP TRIGGER sessions_ad_resources;"
                      " DROP TABLE resource_session_counts;"
                      # and what later migrations added: a real schema-3 database
                      " DROP INDEX events_id; ALTER TABLE sessions DROP COLUMN events_total;"
@@ -314,3 +316,9 @@ def test_session_counts_of_harnesses_and_agents(fresh_server):
     srv.start()
     c = srv.client()
     assert counts() == (4, 1, 2)
+    # and the upgraded database keeps counting: creates and deletes after it
+    c.create_session({"agent_id": a["id"]})
+    expect(c.delete("/v1/sessions/" + plain[1]["id"]), 204)
+    assert counts() == (4, 1, 3)
+    st = expect(c.get("/v1/sessions/stats"), 200).json()
+    assert st["total"] == expect(c.get("/v1/sessions"), 200).json()["total"] == 5

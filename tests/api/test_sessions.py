@@ -1,5 +1,7 @@
 """Session create / get / patch / delete / pin / cancel / stats."""
+import http.client
 import json
+import socket
 import threading
 import time
 import uuid
@@ -542,6 +544,73 @@ def test_stats_counts(fresh_server):
     c2.create_session()
     assert expect(c.get("/v1/sessions/stats"), 200).json()["total"] == 2
     assert expect(c2.get("/v1/sessions/stats"), 200).json()["total"] == 1
+
+
+def test_counts_of_sessions_created_in_one_batch(fresh_server):
+    """Sessions created at once share the writer's batches, which add them
+    to the counts once per batch: creates, chat get-or-creates, idempotent
+    retries that lose their race inside a batch (rolled back) and deletes,
+    all in flight together, leave stats, list totals and harness and agent
+    session_count equal to what is stored, before and after a restart."""
+    srv = fresh_server()
+    c = srv.client()
+    agent = c.create_agent("counted-" + uuid.uuid4().hex[:8])
+    doomed = [c.create_session()["id"] for _ in range(6)]
+    key = "idem-batch-" + uuid.uuid4().hex
+    calls = ([("post", {"title": "same key"}, {"Idempotency-Key": key})] * 12
+             + [("post", {"title": "plain"}, {})] * 16
+             + [("post", {"agent_id": agent["id"]}, {})] * 8
+             + [("chat", {}, {})] * 8
+             + [("delete", sid, {}) for sid in doomed])
+    # every request on its own connection, all connected first and then
+    # sent back to back, so that they reach the server together and share
+    # batches (several of the same Idempotency-Key get to the writer)
+    socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=30) for _ in calls]
+    wire = []
+    for kind, body, hdrs in calls:
+        method, path, data = {"post": ("POST", "/v1/sessions", json.dumps(body)),
+                              "chat": ("POST", "/v1/sessions/chat", "{}"),
+                              "delete": ("DELETE", "/v1/sessions/%s" % body, "")}[kind]
+        head = ["%s %s HTTP/1.1" % (method, path), "Host: 127.0.0.1",
+                "Authorization: Bearer " + srv.key, "Content-Type: application/json",
+                "Content-Length: %d" % len(data), "Connection: close"]
+        head += ["%s: %s" % kv for kv in hdrs.items()]
+        wire.append(("\r\n".join(head) + "\r\n\r\n" + data).encode())
+    for sk, w in zip(socks, wire):
+        sk.sendall(w)
+    results = []
+    for sk in socks:
+        r = http.client.HTTPResponse(sk)
+        r.begin()
+        results.append((r.status, r.read()))
+        sk.close()
+    made = set()
+    for (kind, _, _), (status, body) in zip(calls, results):
+        assert status == {"post": 201, "chat": 200, "delete": 204}[kind], (kind, status, body)
+        if kind != "delete":
+            made.add(json.loads(body)["id"])
+    # one session per idempotency key, one chat session, 16 + 8 others
+    assert len(made) == 1 + 16 + 8 + 1
+
+    def check():
+        st = expect(c.get("/v1/sessions/stats"), 200).json()
+        validate(st, "SessionStatsResponse")
+        listed = expect(c.get("/v1/sessions", params={"limit": 100}), 200).json()
+        assert {s["id"] for s in listed["data"]} == made
+        assert st["total"] == listed["total"] == len(made) and st["started"] == len(made)
+        by_harness = {}
+        for s in listed["data"]:
+            by_harness[s["harness_id"]] = by_harness.get(s["harness_id"], 0) + 1
+        hs = {h["id"]: h["session_count"] for h in expect(c.get("/v1/harnesses"), 200).json()["data"]}
+        assert {h: hs[h] for h in by_harness} == by_harness
+        assert by_harness[HARNESS_CHAT] == 1
+        assert sum(hs.values()) == len(made)
+        assert expect(c.get("/v1/agents/" + agent["id"]), 200).json()["session_count"] == 8
+
+    check()
+    srv.restart()
+    c = srv.client()
+    check()
 
 
 # ---------------------------------------------------------------- idempotency

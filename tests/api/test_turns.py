@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import (
-    MESSAGE_ID_RE, TURN_ID_RE, assert_problem, check_log, expect, get_events,
+    MESSAGE_ID_RE, SCHEMA8_INSERT_TRIGGERS, TURN_ID_RE, assert_problem, check_log, expect, get_events,
     get_session, open_sse, post_message, raw_connect, read_raw_response, sse_event,
     user_message, validate, wait_for, wait_turn_end,
 )
@@ -750,7 +750,8 @@ def test_event_cursors_are_indexed_also_after_an_upgrade(fresh_server):
                    (old_id, new_id))
     db.commit()
     log = [dict(e, id=renamed[e["id"]]) for e in log]
-    db.executescript("DROP INDEX events_id; ALTER TABLE sessions DROP COLUMN events_total;"
+    db.executescript(SCHEMA8_INSERT_TRIGGERS +
+                     " DROP INDEX events_id; ALTER TABLE sessions DROP COLUMN events_total;"
                      " PRAGMA user_version = 4;")
     db.close()
     srv.start()
@@ -771,7 +772,7 @@ def test_event_cursors_are_indexed_also_after_an_upgrade(fresh_server):
         assert get_events(c, other, {"since_id": other_log[k]["id"]}) == other_log[k + 1:]
     srv.stop_clean()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 8
+    assert db.execute("PRAGMA user_version").fetchone()[0] >= 8  # 8 and any later ran
     # the older IDs are in the index (and the planner uses it for them),
     # the new ones end with their sequence and are not
     legacy = "substr(id, -8) <> printf('%08x', sequence)"
