@@ -50,6 +50,7 @@ struct store *store_open(const char *dir, char *err, size_t errlen)
     int rc = schema_migrate(&mig, err, errlen);
     conn_close(&mig);
     if (rc) goto fail;
+    st->ac = authcache_open(dir);
     if (conn_open(&st->rd, st->path, CONN_RO, err, errlen)) goto fail;
     st->rd.snapshot = 1;
     st->w = writer_start(st->path, err, errlen);
@@ -59,6 +60,7 @@ struct store *store_open(const char *dir, char *err, size_t errlen)
     }
     return st;
 fail:
+    authcache_close(st->ac);
     free(st);
     return NULL;
 }
@@ -71,6 +73,7 @@ void store_close(struct store *st)
     writer_stop(st->w);
     conn_close(&st->rd);
     harness_cache_free(st);
+    authcache_close(st->ac);
     free(st);
 }
 
@@ -342,7 +345,9 @@ enum ld_err store_key_revoke(struct store *st, const char *key_id)
     sqlite3_reset(s);
     conn_close(&c);
     if (rc != SQLITE_DONE) return LD_E_STORAGE;
-    return n == 1 ? LD_OK : LD_E_NOT_FOUND;
+    if (n != 1) return LD_E_NOT_FOUND;
+    authcache_bump(st->ac); /* committed: a running server forgets the key */
+    return LD_OK;
 }
 
 void store_key_list(struct store *st, void (*fn)(const char *json, void *ud), void *ud)
@@ -399,6 +404,12 @@ enum ld_err store_auth(struct store *st, const char *token, const char *org_hint
 {
     char hash[65], stored[65] = "";
     sha256_hex(token, strlen(token), hash);
+    if (authcache_get(st->ac, hash, org_hint, p)) return LD_OK;
+    /* the epoch before the lookup, and a read transaction begun after it:
+     * a revocation committed before the epoch moved is seen by the query,
+     * one committed later voids the entry (authcache.c) */
+    uint64_t epoch = authcache_epoch(st->ac);
+    conn_end_snapshot(&st->rd);
     /* one statement: the key, and the caller's membership in the org asked
      * for (X-Org-Id) or else the key's own org */
     sqlite3_stmt *s = conn_stmt(&st->rd, "SELECT k.hash, k.user_id, m.org_id, m.principal_id"
@@ -430,6 +441,7 @@ enum ld_err store_auth(struct store *st, const char *token, const char *org_hint
         snprintf(detail, dlen, "Organization not found");
         return LD_E_NOT_FOUND;
     }
+    authcache_put(st->ac, hash, org_hint, p, epoch);
     return LD_OK;
 }
 

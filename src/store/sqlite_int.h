@@ -74,8 +74,22 @@ struct harness_cached {
     char key[ID_MAX + 64]; /* the id or name asked for */
     struct harness_rec rec;
 };
+/* authcache.c: API keys verified by this process, trusted while the
+ * data dir's auth.epoch holds the value they were verified under (NULL
+ * cache: none, every call misses) */
+struct authcache;
+struct authcache *authcache_open(const char *dir);
+void authcache_close(struct authcache *ac);
+uint64_t authcache_epoch(struct authcache *ac);
+int authcache_get(struct authcache *ac, const char *hash, const char *org_hint,
+                  struct principal *p);
+void authcache_put(struct authcache *ac, const char *hash, const char *org_hint,
+                   const struct principal *p, uint64_t epoch);
+/* after a committed change of keys: every process's entries are void */
+void authcache_bump(struct authcache *ac);
 struct store {
     char path[600];
+    struct authcache *ac;
     struct conn rd; /* loop-thread reads */
     struct writer *w;
     struct harness_cached hcache[HARNESS_CACHE];

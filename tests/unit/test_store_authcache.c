@@ -1,0 +1,117 @@
+/* test_store_authcache.c — the cache of verified API keys
+ * (src/store/authcache.c): a key put under the current epoch is found
+ * again; another hash or another X-Org-Id is not; a bump through another
+ * mapping of the same data dir (as `loopd keys revoke`, another process,
+ * does) voids every entry; an entry verified under an older epoch is never
+ * trusted; without a usable data dir there is no cache and every lookup
+ * misses. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "store/sqlite_int.h"
+#include "util/sha256.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char dir[64];
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof(dir), "/tmp/loopd-authcache.XXXXXX");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char p[128];
+    snprintf(p, sizeof(p), "%s/auth.epoch", dir);
+    unlink(p);
+    rmdir(dir);
+    return 0;
+}
+
+static void principal(struct principal *p, const char *org)
+{
+    memset(p, 0, sizeof(*p));
+    str_copy(p->org_id, sizeof(p->org_id), org);
+    str_copy(p->user_id, sizeof(p->user_id), "00000000-0000-0000-0000-000000000001");
+    str_copy(p->principal_id, sizeof(p->principal_id), "principal_1");
+    p->is_admin = 1;
+}
+
+static void test_put_get_and_revocation_by_another_mapping(void **state)
+{
+    (void)state;
+    struct authcache *server = authcache_open(dir), *cli = authcache_open(dir);
+    assert_non_null(server);
+    assert_non_null(cli);
+    char hash[65], other[65];
+    sha256_hex("evr_pat_one", 11, hash);
+    sha256_hex("evr_pat_two", 11, other);
+    struct principal p, got;
+    principal(&p, "org_a");
+
+    assert_int_equal(authcache_get(server, hash, NULL, &got), 0); /* empty */
+    uint64_t e = authcache_epoch(server);
+    authcache_put(server, hash, NULL, &p, e);
+    assert_int_equal(authcache_get(server, hash, NULL, &got), 1);
+    assert_string_equal(got.org_id, "org_a");
+    assert_string_equal(got.principal_id, "principal_1");
+    /* keyed by the X-Org-Id asked for too, and by the whole hash */
+    assert_int_equal(authcache_get(server, hash, "org_a", &got), 0);
+    assert_int_equal(authcache_get(server, other, NULL, &got), 0);
+    authcache_put(server, hash, "org_a", &p, e);
+    assert_int_equal(authcache_get(server, hash, "org_a", &got), 1);
+
+    /* another process's bump (its own mapping of the file) voids them all */
+    authcache_bump(cli);
+    assert_int_equal(authcache_epoch(server), e + 1);
+    assert_int_equal(authcache_get(server, hash, NULL, &got), 0);
+    assert_int_equal(authcache_get(server, hash, "org_a", &got), 0);
+
+    /* verified before the bump (older epoch): never trusted after it */
+    authcache_put(server, hash, NULL, &p, e);
+    assert_int_equal(authcache_get(server, hash, NULL, &got), 0);
+    authcache_put(server, hash, NULL, &p, authcache_epoch(server));
+    assert_int_equal(authcache_get(server, hash, NULL, &got), 1);
+    authcache_close(cli);
+    authcache_close(server);
+
+    /* the epoch is kept in the data dir: a later opener continues from it */
+    struct authcache *again = authcache_open(dir);
+    assert_non_null(again);
+    assert_int_equal(authcache_epoch(again), e + 1);
+    authcache_close(again);
+}
+
+static void test_no_data_dir_means_no_cache(void **state)
+{
+    (void)state;
+    struct authcache *ac = authcache_open("/nonexistent/loopd-authcache");
+    assert_null(ac);
+    char hash[65];
+    sha256_hex("evr_pat_one", 11, hash);
+    struct principal p, got;
+    principal(&p, "org_a");
+    authcache_put(ac, hash, NULL, &p, authcache_epoch(ac)); /* no-ops, no crash */
+    authcache_bump(ac);
+    assert_int_equal(authcache_get(ac, hash, NULL, &got), 0);
+    authcache_close(ac);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_put_get_and_revocation_by_another_mapping),
+        cmocka_unit_test(test_no_data_dir_means_no_cache),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
