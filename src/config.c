@@ -54,6 +54,9 @@ static const struct opt opts[] = {
      "longest session title in bytes"},
     {"max-tags", OPT_LONG, O(max_tags), 0, 0, 10000, "100", NULL, "most tags on a session"},
     {"max-tag-length", OPT_LONG, O(max_tag_len), 0, 1, 65536, "255", NULL, "longest tag in bytes"},
+    {"reply-cache", OPT_ENUM, O(reply_cache_off), 0, 0, 0, "on", "on|off",
+     "on: a GET of a session or of a session list page repeated with nothing written "
+     "since is answered from a copy"},
     {"shutdown-timeout", OPT_LONG, O(shutdown_timeout), 0, 0, 3600, "10", NULL,
      "seconds to finish in-flight requests on SIGTERM"},
     {"openai-base-url", OPT_STR, O(openai_base_url), sizeof(((struct config *)0)->openai_base_url),

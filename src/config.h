@@ -27,6 +27,7 @@ struct config {
     long max_title;
     long max_tags;
     long max_tag_len;
+    int reply_cache_off;   /* --reply-cache off (api/replycache.c) */
     long shutdown_timeout; /* seconds to finish in-flight work on SIGTERM */
     long fault_point;      /* test-only fail point (see store/writer.c) */
     char openai_base_url[256];

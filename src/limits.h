@@ -71,6 +71,12 @@
 #define LD_EVENTS_PAGE_BYTES (8u * 1024 * 1024)
 /* A list page past this many bytes is streamed (api.h, list_page). */
 #define LD_LIST_BUFFERED (4u * 1024 * 1024)
+/* GET /v1/sessions/{id} keeps answers up to this size (sessions.c): 1,024
+ * of them at most, so 8 MiB at worst; a typical session renders to 2.2 KB */
+#define LD_GET_CACHE_BODY_MAX (8u * 1024)
+/* and list pages up to this size, 64 of them: 16 MiB at worst (a page of
+ * 20 sessions is 86 KB) */
+#define LD_LIST_CACHE_BODY_MAX (256u * 1024)
 
 /* What a savepoint's sub-journal holds in memory (one allocation) before
  * it goes on in a temporary file (store_open): 29 pages.  Under 128 KiB:

@@ -290,6 +290,7 @@ int main(int argc, char **argv)
     }
     server_stop(srv);
     store_close(st);
+    sessions_cache_free();
     engine_free(eng);
     loop_free(l);
     close(sfd);

@@ -63,6 +63,30 @@ void page_links(struct req *r, struct jw *w, long offset, long limit, int64_t to
  * once, such a page was a 500 or, past the request arena, a crash.
  */
 typedef int (*list_again_fn)(struct req *r, struct jw *w, const char *id, struct arena *a);
+/* replycache.c: answers kept while nothing has been written to the store */
+#define RC_KEY_MAX 512
+struct rc_entry {
+    char key[RC_KEY_MAX], org_id[ID_MAX], user_id[40];
+    char etag[32]; /* "" for none */
+    uint64_t gen;  /* store_write_generation when kept */
+    char *body;
+    size_t len;
+};
+struct replycache {
+    int nslots;         /* a power of two */
+    size_t max_body;    /* longer answers are not kept */
+    struct rc_entry *e; /* allocated at first use */
+};
+/* the entry for key of r's user and org, if nothing was written since */
+const struct rc_entry *replycache_find(struct replycache *c, struct req *r, const char *key);
+/* keeps the answer b (and its ETag, or NULL) for key; call before the
+ * handler returns */
+void replycache_keep(struct replycache *c, struct req *r, const char *key, const struct buf *b,
+                     const char *etag);
+/* answers 200 with the entry's body and ETag */
+void replycache_reply(struct req *r, const struct rc_entry *e);
+void replycache_free(struct replycache *c);
+
 struct list_page {
     struct req *r;
     struct buf b;
@@ -73,6 +97,8 @@ struct list_page {
     char (*ids)[ID_MAX];
     const char *alias;
     list_again_fn again;
+    struct replycache *keep; /* if set, a page answered whole is kept there */
+    const char *keep_key;
 };
 void list_begin(struct list_page *p, struct req *r, long limit, const char *alias,
                 list_again_fn again);
@@ -110,6 +136,8 @@ void h_sessions_list(struct req *r);
 void h_sessions_stats(struct req *r);
 void h_sessions_chat(struct req *r);
 void h_session_get(struct req *r);
+/* frees what GET /v1/sessions and /v1/sessions/{id} kept; at shutdown */
+void sessions_cache_free(void);
 void h_session_patch(struct req *r);
 void h_session_delete(struct req *r);
 void h_session_pin(struct req *r);

@@ -751,6 +751,7 @@ void list_end(struct list_page *p, int64_t total, long offset, long limit)
         }
         page_tail(r, w, total, offset, limit);
         jw_end(w);
+        if (p->keep) replycache_keep(p->keep, r, p->keep_key, &p->b, NULL);
         reply_json(r, 200, &p->b);
         return;
     }

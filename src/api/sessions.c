@@ -237,20 +237,49 @@ out:
 
 /* ---- get ---- */
 
+/* answers kept while nothing has been written (replycache.c): single
+ * sessions (~2.2 KB each) and list pages */
+static struct replycache get_cache = {1024, LD_GET_CACHE_BODY_MAX, NULL};
+static struct replycache list_cache = {64, LD_LIST_CACHE_BODY_MAX, NULL};
+
+void sessions_cache_free(void)
+{
+    replycache_free(&get_cache);
+    replycache_free(&list_cache);
+}
+
+static int not_modified(struct req *r, const char *etag)
+{
+    const char *inm = req_header(r, "If-None-Match");
+    if (!inm || !(strcmp(inm, etag) == 0 || strcmp(inm, "*") == 0 ||
+                  (strncmp(inm, "W/", 2) == 0 && strcmp(inm + 2, etag) == 0)))
+        return 0;
+    struct reply_header h = {"ETag", etag};
+    reply_empty(r, 304, &h, 1);
+    return 1;
+}
+
 void h_session_get(struct req *r)
 {
+    if (path_id(r, 0, "session", "session")) return;
+    const struct rc_entry *c = replycache_find(&get_cache, r, r->params[0]);
+    if (c) {
+        if (!not_modified(r, c->etag)) replycache_reply(r, c);
+        return;
+    }
     struct session_rec s;
     if (session_from_path(r, &s)) return;
     char etag[32];
     etag_of(s.version, etag);
-    const char *inm = req_header(r, "If-None-Match");
-    if (inm && (strcmp(inm, etag) == 0 || strcmp(inm, "*") == 0 ||
-                (strncmp(inm, "W/", 2) == 0 && strcmp(inm + 2, etag) == 0))) {
-        struct reply_header h = {"ETag", etag};
-        reply_empty(r, 304, &h, 1);
-        return;
-    }
-    reply_session(r, 200, &s);
+    if (not_modified(r, etag)) return;
+    struct buf b;
+    buf_init(&b, LD_MAX_RESPONSE);
+    struct jw w;
+    jw_init(&w, &b);
+    render_session(r, &w, &s);
+    replycache_keep(&get_cache, r, r->params[0], &b, etag);
+    struct reply_header h = {"ETag", etag};
+    reply_json_h(r, 200, &b, &h, 1);
 }
 
 /* ---- patch ---- */
@@ -481,8 +510,16 @@ void h_sessions_list(struct req *r)
             return;
         }
     }
+    const char *url = req_url(r);
+    const struct rc_entry *c = replycache_find(&list_cache, r, url);
+    if (c) {
+        replycache_reply(r, c);
+        return;
+    }
     struct list_page p;
     list_begin(&p, r, f.limit, "sessions", session_again);
+    p.keep = &list_cache;
+    p.keep_key = url;
     int64_t total;
     enum ld_err e = store_session_list(r->st, r->who.org_id, r->who.user_id, &f, &r->arena,
                                        list_session_row, &p, &total);

@@ -91,7 +91,13 @@ void store_drain(struct store *st)
 {
     /* what just committed must be visible to whoever hears of it */
     conn_end_snapshot(&st->rd);
+    st->writes_seen++;
     writer_drain(st->w);
+}
+
+uint64_t store_write_generation(const struct store *st)
+{
+    return st->writes_seen;
 }
 
 void store_end_reads(struct store *st)
@@ -107,8 +113,10 @@ long store_pending(struct store *st)
 
 void store_flush(struct store *st)
 {
+    st->writes_seen++; /* before the `done`s it runs, and after */
     writer_flush(st->w);
     conn_end_snapshot(&st->rd);
+    st->writes_seen++;
 }
 
 void store_quiesce(struct store *st)

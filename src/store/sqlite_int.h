@@ -90,7 +90,8 @@ void authcache_bump(struct authcache *ac);
 struct store {
     char path[600];
     struct authcache *ac;
-    struct conn rd; /* loop-thread reads */
+    uint64_t writes_seen; /* store_write_generation */
+    struct conn rd;       /* loop-thread reads */
     struct writer *w;
     struct harness_cached hcache[HARNESS_CACHE];
     int nhcache;

@@ -109,6 +109,11 @@ int store_notify_fd(struct store *st);
 enum ld_err store_submit(struct store *st, struct store_op *op);
 /* Runs `done` for every op the writer has finished (call on the loop). */
 void store_drain(struct store *st);
+/* A number that changes whenever writes may have committed since it was
+ * last read, before anyone hears of them (store_drain, store_flush): what
+ * the loop read under one value is still what the store holds while the
+ * value is the same. */
+uint64_t store_write_generation(const struct store *st);
 /* Reads on the loop share one snapshot (one read transaction, so no
  * locking syscalls per statement) until this is called: at the end of each
  * loop iteration and before write completions are delivered, so a write

@@ -522,6 +522,83 @@ def test_cancel_errors(api):
     assert_problem(api.post("/v1/sessions/xyz/cancel"), 400, detail_startswith="Invalid session ID: ")
 
 
+def test_get_again_shows_every_write_at_once(api, org2):
+    """GET /v1/sessions/{id} answers a repeat from a copy while nothing was
+    written; every kind of write shows in the very next GET, each user sees
+    their own pin, another org still gets 404, and a deleted session 404."""
+    c = api
+    sid = c.create_session({"title": "cached"})["id"]
+
+    def get(cl=c):
+        r = expect(cl.get("/v1/sessions/" + sid), 200)
+        body = r.json()
+        validate(body, "WithUrls_Session")
+        return body, r.headers["ETag"]
+
+    first, tag = get()
+    assert get() == (first, tag)  # a repeat: same body, same ETag
+    assert c.get("/v1/sessions/" + sid, headers={"If-None-Match": tag}).status_code == 304
+
+    p = expect(c.patch("/v1/sessions/" + sid, {"title": "renamed"}), 200).json()
+    now, tag2 = get()
+    assert now["title"] == "renamed" and now == p and tag2 != tag
+    assert c.get("/v1/sessions/" + sid, headers={"If-None-Match": tag}).status_code == 200
+
+    expect(c.put("/v1/sessions/" + sid + "/pin"), 204)
+    assert get()[0]["is_pinned"] is True
+    expect(c.delete("/v1/sessions/" + sid + "/pin"), 204)
+    assert get()[0]["is_pinned"] is False
+
+    post_message(c, sid, "hello")
+    wait_turn_end(c, sid, 1)
+    after, _ = get()
+    assert after["status"] == "idle" and after["usage"]["output_tokens"] > 0
+
+    # another org: 404 whether or not the session was just served
+    get()
+    assert_problem(org2["client"].get("/v1/sessions/" + sid), 404)
+    assert get()[0] == after
+
+    expect(c.delete("/v1/sessions/" + sid), 204)
+    assert_problem(c.get("/v1/sessions/" + sid), 404)
+
+
+@pytest.mark.parametrize("cache", ["on", "off"])
+def test_list_again_shows_every_write_at_once(fresh_server, cache):
+    """A list page asked for again is answered from a copy while nothing was
+    written (unless --reply-cache off); a create, a patch, a pin and a
+    delete each show in the very next page, with the right total, and each
+    org and user sees their own."""
+    srv = fresh_server(extra_args=["--reply-cache", cache])
+    c = srv.client()
+    o = srv.new_org()
+    c2 = srv.client(key=o["key"])
+    first = c.create_session({"title": "one"})["id"]
+
+    def page(cl=c, **params):
+        body = expect(cl.get("/v1/sessions", params=dict(limit=5, **params)), 200).json()
+        validate(body, "PaginatedResponse_WithUrls_Session")
+        return body
+
+    a = page()
+    assert page() == a and a["total"] == 1
+    assert page(cl=c2)["total"] == 0  # same URL, other org
+    second = c.create_session({"title": "two"})["id"]
+    b = page()
+    assert b["total"] == 2 and [s["id"] for s in b["data"]] == [second, first]
+    expect(c.patch("/v1/sessions/" + first, {"title": "one again"}), 200)
+    assert page()["data"][1]["title"] == "one again"
+    assert page(pinned="true")["total"] == 0
+    expect(c.put("/v1/sessions/" + first + "/pin"), 204)
+    pinned = page(pinned="true")
+    assert [s["id"] for s in pinned["data"]] == [first] and pinned["data"][0]["is_pinned"] is True
+    assert page(cl=c2, pinned="true")["total"] == 0
+    expect(c.delete("/v1/sessions/" + second), 204)
+    d = page()
+    assert d["total"] == 1 and [s["id"] for s in d["data"]] == [first]
+    assert d["sessions"] == d["data"]
+
+
 # ---------------------------------------------------------------- stats
 
 def test_stats_counts(fresh_server):
