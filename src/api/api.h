@@ -73,9 +73,10 @@ struct rc_entry {
     size_t len;
 };
 struct replycache {
-    int nslots;         /* a power of two */
-    size_t max_body;    /* longer answers are not kept */
-    struct rc_entry *e; /* allocated at first use */
+    int nslots;            /* a power of two */
+    size_t max_body;       /* longer answers are not kept */
+    struct rc_entry *e;    /* allocated at first use */
+    uint64_t hits, misses; /* lookups answered from a copy, and not */
 };
 /* the entry for key of r's user and org, if nothing was written since */
 const struct rc_entry *replycache_find(struct replycache *c, struct req *r, const char *key);
@@ -138,6 +139,8 @@ void h_sessions_chat(struct req *r);
 void h_session_get(struct req *r);
 /* frees what GET /v1/sessions and /v1/sessions/{id} kept; at shutdown */
 void sessions_cache_free(void);
+/* their hits and misses, as Prometheus text (/metrics) */
+void sessions_cache_metrics(struct buf *o);
 void h_session_patch(struct req *r);
 void h_session_delete(struct req *r);
 void h_session_pin(struct req *r);

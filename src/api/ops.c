@@ -34,6 +34,7 @@ void h_metrics(struct req *r)
     struct buf b;
     buf_init(&b, 1 << 20);
     server_metrics_render(r->srv, &b);
+    sessions_cache_metrics(&b);
     size_t len;
     char *text = buf_take(&b, &len);
     reply_text(r, 200, "text/plain; version=0.0.4", text, len, 1);

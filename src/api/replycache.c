@@ -33,8 +33,11 @@ const struct rc_entry *replycache_find(struct replycache *c, struct req *r, cons
     if (r->cfg->reply_cache_off) return NULL;
     struct rc_entry *e = slot_of(c, key);
     if (!e->body || e->gen != store_write_generation(r->st) || strcmp(e->key, key) != 0 ||
-        strcmp(e->org_id, r->who.org_id) != 0 || strcmp(e->user_id, r->who.user_id) != 0)
+        strcmp(e->org_id, r->who.org_id) != 0 || strcmp(e->user_id, r->who.user_id) != 0) {
+        c->misses++;
         return NULL;
+    }
+    c->hits++;
     return e;
 }
 

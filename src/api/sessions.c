@@ -239,8 +239,22 @@ out:
 
 /* answers kept while nothing has been written (replycache.c): single
  * sessions (~2.2 KB each) and list pages */
-static struct replycache get_cache = {1024, LD_GET_CACHE_BODY_MAX, NULL};
-static struct replycache list_cache = {64, LD_LIST_CACHE_BODY_MAX, NULL};
+static struct replycache get_cache = {.nslots = 1024, .max_body = LD_GET_CACHE_BODY_MAX};
+static struct replycache list_cache = {.nslots = 64, .max_body = LD_LIST_CACHE_BODY_MAX};
+
+void sessions_cache_metrics(struct buf *o)
+{
+    buf_puts(o, "# HELP loopd_reply_cache_lookups_total GETs looked up in the reply cache, by"
+                " cache and outcome.\n# TYPE loopd_reply_cache_lookups_total counter\n");
+    const struct replycache *c[2] = {&get_cache, &list_cache};
+    const char *name[2] = {"session", "list"};
+    for (int i = 0; i < 2; i++) {
+        buf_printf(o, "loopd_reply_cache_lookups_total{cache=\"%s\",outcome=\"hit\"} %llu\n",
+                   name[i], (unsigned long long)c[i]->hits);
+        buf_printf(o, "loopd_reply_cache_lookups_total{cache=\"%s\",outcome=\"miss\"} %llu\n",
+                   name[i], (unsigned long long)c[i]->misses);
+    }
+}
 
 void sessions_cache_free(void)
 {

@@ -259,6 +259,12 @@ void server_metrics_render(struct server *s, struct buf *o)
                "# TYPE loopd_store_wal_restarts_total counter\n"
                "loopd_store_wal_restarts_total %llu\n",
                (unsigned long long)m.wal_catch_ups);
+    buf_printf(o,
+               "# HELP loopd_auth_cache_lookups_total API keys looked up in the key cache.\n"
+               "# TYPE loopd_auth_cache_lookups_total counter\n"
+               "loopd_auth_cache_lookups_total{outcome=\"hit\"} %llu\n"
+               "loopd_auth_cache_lookups_total{outcome=\"miss\"} %llu\n",
+               (unsigned long long)m.auth_hits, (unsigned long long)m.auth_misses);
 }
 
 /* ---- request accessors ---- */

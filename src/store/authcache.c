@@ -41,6 +41,7 @@ struct authcache_entry {
 
 struct authcache {
     uint64_t *epoch; /* shared with every process of the data dir */
+    uint64_t hits, misses;
     struct authcache_entry e[AUTHCACHE_SLOTS];
 };
 
@@ -77,13 +78,18 @@ void authcache_bump(struct authcache *ac)
     if (ac) __atomic_add_fetch(ac->epoch, 1, __ATOMIC_SEQ_CST);
 }
 
-static struct authcache_entry *slot(struct authcache *ac, const char *hash)
+/* the key's slot: the hash (hex digits of a SHA-256: evenly spread) mixed
+ * with the org asked for, so that one key used with and without X-Org-Id
+ * keeps two entries */
+static struct authcache_entry *slot(struct authcache *ac, const char *hash, const char *org)
 {
     unsigned v = 0;
-    for (int i = 0; i < 4; i++) { /* hex digits of a SHA-256: evenly spread */
+    for (int i = 0; i < 4; i++) {
         char c = hash[i];
         v = v << 4 | (unsigned)(c <= '9' ? c - '0' : c - 'a' + 10);
     }
+    for (const char *p = org; *p; p++)
+        v = (v ^ (unsigned char)*p) * 16777619u;
     return &ac->e[v & (AUTHCACHE_SLOTS - 1)];
 }
 
@@ -91,9 +97,13 @@ int authcache_get(struct authcache *ac, const char *hash, const char *org_hint, 
 {
     if (!ac) return 0;
     const char *org = org_hint ? org_hint : "";
-    struct authcache_entry *e = slot(ac, hash);
-    if (!e->used || e->epoch != __atomic_load_n(ac->epoch, __ATOMIC_SEQ_CST)) return 0;
-    if (!ct_equal(e->hash, hash, 64) || strcmp(e->org, org) != 0) return 0;
+    struct authcache_entry *e = slot(ac, hash, org);
+    if (!e->used || e->epoch != __atomic_load_n(ac->epoch, __ATOMIC_SEQ_CST) ||
+        !ct_equal(e->hash, hash, 64) || strcmp(e->org, org) != 0) {
+        ac->misses++;
+        return 0;
+    }
+    ac->hits++;
     *p = e->p;
     return 1;
 }
@@ -103,7 +113,7 @@ void authcache_put(struct authcache *ac, const char *hash, const char *org_hint,
 {
     const char *org = org_hint ? org_hint : "";
     if (!ac || strlen(org) >= ID_MAX) return;
-    struct authcache_entry *e = slot(ac, hash);
+    struct authcache_entry *e = slot(ac, hash, org);
     memcpy(e->hash, hash, 65);
     str_copy(e->org, sizeof(e->org), org);
     e->epoch = epoch;
@@ -114,4 +124,10 @@ void authcache_put(struct authcache *ac, const char *hash, const char *org_hint,
 uint64_t authcache_epoch(struct authcache *ac)
 {
     return ac ? __atomic_load_n(ac->epoch, __ATOMIC_SEQ_CST) : 0;
+}
+
+void authcache_counts(const struct authcache *ac, uint64_t *hits, uint64_t *misses)
+{
+    *hits = ac ? ac->hits : 0;
+    *misses = ac ? ac->misses : 0;
 }

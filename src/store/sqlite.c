@@ -127,6 +127,7 @@ void store_quiesce(struct store *st)
 void store_metrics(struct store *st, struct store_metrics *m)
 {
     writer_metrics(st->w, m);
+    authcache_counts(st->ac, &m->auth_hits, &m->auth_misses);
 }
 
 /* ---- administrative writes on a connection of their own ---- */

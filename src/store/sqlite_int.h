@@ -87,6 +87,7 @@ void authcache_put(struct authcache *ac, const char *hash, const char *org_hint,
                    const struct principal *p, uint64_t epoch);
 /* after a committed change of keys: every process's entries are void */
 void authcache_bump(struct authcache *ac);
+void authcache_counts(const struct authcache *ac, uint64_t *hits, uint64_t *misses);
 struct store {
     char path[600];
     struct authcache *ac;

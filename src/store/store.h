@@ -134,8 +134,9 @@ struct store_metrics {
     uint64_t commits, ops, commit_failures;
     uint64_t batch_hist[STORE_BATCH_BUCKETS]; /* <=1,2,4,8,16,64,256,inf */
     uint64_t commit_us_total;
-    uint64_t statements;    /* SQL statements the writer ran */
-    uint64_t wal_catch_ups; /* times the writer closed the log's gap to restart it */
+    uint64_t statements;             /* SQL statements the writer ran */
+    uint64_t wal_catch_ups;          /* times the writer closed the log's gap to restart it */
+    uint64_t auth_hits, auth_misses; /* API keys found in the key cache, and not */
 };
 void store_metrics(struct store *st, struct store_metrics *m);
 

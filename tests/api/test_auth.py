@@ -1,4 +1,6 @@
 """Authentication, API keys, organizations and tenant isolation."""
+import re
+
 import pytest
 import requests
 
@@ -134,9 +136,18 @@ def test_keys_list_and_revoke(fresh_server):
 
     c2 = srv.client(key=info["key"])
     c2_org = srv.client(key=info["key"], org=info["org_id"])
+
+    def key_cache_hits():
+        text = expect(srv.client().get("/metrics"), 200).text
+        return int(re.search(r'^loopd_auth_cache_lookups_total\{outcome="hit"\} (\d+)$',
+                             text, re.M).group(1))
+
     for _ in range(3):  # known to the server (its key cache) before the revocation
         expect(c2.get("/v1/sessions"), 200)
         expect(c2_org.get("/v1/sessions"), 200)
+    before = key_cache_hits()
+    expect(c2.get("/v1/sessions"), 200)
+    assert key_cache_hits() == before + 1  # that GET, from the cache (/metrics needs no key)
     srv.cli("keys", "revoke", info["key_id"])
     # refused from the first request after the command returned
     assert_problem(c2.get("/v1/sessions"), 401)

@@ -1,6 +1,7 @@
 """Session create / get / patch / delete / pin / cancel / stats."""
 import http.client
 import json
+import re
 import socket
 import threading
 import time
@@ -535,8 +536,17 @@ def test_get_again_shows_every_write_at_once(api, org2):
         validate(body, "WithUrls_Session")
         return body, r.headers["ETag"]
 
+    def lookups(outcome):
+        text = expect(c.get("/metrics"), 200).text
+        m = re.search(r'^loopd_reply_cache_lookups_total\{cache="session",outcome="%s"\} (\d+)$'
+                      % outcome, text, re.M)
+        assert m, text[-2000:]
+        return int(m.group(1))
+
     first, tag = get()
-    assert get() == (first, tag)  # a repeat: same body, same ETag
+    hits = lookups("hit")
+    assert get() == (first, tag)  # a repeat: same body, same ETag, from the copy
+    assert lookups("hit") == hits + 1
     assert c.get("/v1/sessions/" + sid, headers={"If-None-Match": tag}).status_code == 304
 
     p = expect(c.patch("/v1/sessions/" + sid, {"title": "renamed"}), 200).json()

@@ -70,6 +70,8 @@ static void test_put_get_and_revocation_by_another_mapping(void **state)
     assert_int_equal(authcache_get(server, other, NULL, &got), 0);
     authcache_put(server, hash, "org_a", &p, e);
     assert_int_equal(authcache_get(server, hash, "org_a", &got), 1);
+    /* one key with and without X-Org-Id: two entries, neither evicts the other */
+    assert_int_equal(authcache_get(server, hash, NULL, &got), 1);
 
     /* another process's bump (its own mapping of the file) voids them all */
     authcache_bump(cli);
