@@ -126,6 +126,11 @@ void ops_counts_op_end(struct conn *c, int ok)
     c->ndeltas = c->nkept;
 }
 
+void ops_counts_drop(struct conn *c)
+{
+    c->ndeltas = c->nkept = 0;
+}
+
 int ops_counts_flush(struct conn *c)
 {
     int rc = 0;
@@ -148,7 +153,7 @@ int ops_counts_flush(struct conn *c)
         if (sqlite3_step(st) != SQLITE_DONE) rc = -1;
         sqlite3_reset(st);
     }
-    c->ndeltas = c->nkept = 0;
+    ops_counts_drop(c);
     return rc;
 }
 
@@ -457,6 +462,13 @@ static void events_append(struct conn *c, struct store_op *op)
     sqlite3_bind_int64(st, 14, u->now);
     sqlite3_bind_int64(st, 15, counted);
     step_done(c, st, op);
+}
+
+int ops_single_statement(const struct store_op *op)
+{
+    /* session_insert: the INSERT alone (no trigger since schema 9), unless
+     * the Idempotency-Key record goes in after it */
+    return op->kind == SOP_SESSION_INSERT && !op->idem;
 }
 
 void ops_run(struct conn *c, struct store_op *op)

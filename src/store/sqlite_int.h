@@ -112,11 +112,15 @@ void writer_metrics(struct writer *w, struct store_metrics *m);
 
 /* the SQL each op runs (store/ops.c), inside a SAVEPOINT on the writer */
 void ops_run(struct conn *c, struct store_op *op);
+/* 1 if op changes the database with at most one statement (no savepoint) */
+int ops_single_statement(const struct store_op *op);
 /* after each op: keep (ok) or drop the session counts it changed */
 void ops_counts_op_end(struct conn *c, int ok);
 /* before the batch's COMMIT: the counts kept, added to the tables; 0 or -1
  * (then the batch must not commit).  Always starts the next batch afresh. */
 int ops_counts_flush(struct conn *c);
+/* forgets them (the batch's transaction is gone) */
+void ops_counts_drop(struct conn *c);
 
 /* session row reading shared by reads and ops */
 #define SESSION_COLS                                                                               \
