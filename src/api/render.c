@@ -97,8 +97,13 @@ void render_session(struct req *r, struct jw *w, const struct session_rec *s)
     kurl(w, "view_url", base, "/sessions/", s->id, "/chat");
     kurl(w, "ui_link", base, "/sessions/", s->id, "/chat");
     char self[400];
-    int n = snprintf(self, sizeof(self), "%s/v1/sessions/%s", base, s->id);
-    size_t sl = n > 0 && (size_t)n < sizeof(self) ? (size_t)n : 0;
+    size_t bl = strlen(base), il = strlen(s->id), sl = 0;
+    if (bl + 13 + il < sizeof(self)) { /* "/v1/sessions/" */
+        memcpy(self, base, bl);
+        memcpy(self + bl, "/v1/sessions/", 13);
+        memcpy(self + bl + 13, s->id, il);
+        sl = bl + 13 + il;
+    }
     jw_key(w, "allowed_actions");
     jw_raw(w, "[");
     struct buf *o = w->b;

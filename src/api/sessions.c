@@ -26,6 +26,7 @@ static void reply_session(struct req *r, int status, const struct session_rec *s
 {
     struct buf b;
     buf_init(&b, LD_MAX_RESPONSE);
+    buf_reserve(&b, LD_SESSION_RENDER_HINT);
     struct jw w;
     jw_init(&w, &b);
     render_session(r, &w, s);
@@ -60,6 +61,7 @@ static void created_done(struct store_op *op)
         h[1].value = loc;
         struct buf b;
         buf_init(&b, LD_MAX_RESPONSE);
+        buf_reserve(&b, LD_SESSION_RENDER_HINT);
         buf_puts(&b, op->idem ? op->idem->body : "");
         if (!op->idem) {
             struct jw w;
@@ -288,6 +290,7 @@ void h_session_get(struct req *r)
     if (not_modified(r, etag)) return;
     struct buf b;
     buf_init(&b, LD_MAX_RESPONSE);
+    buf_reserve(&b, LD_SESSION_RENDER_HINT);
     struct jw w;
     jw_init(&w, &b);
     render_session(r, &w, &s);
