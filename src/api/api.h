@@ -66,8 +66,9 @@ typedef int (*list_again_fn)(struct req *r, struct jw *w, const char *id, struct
 /* replycache.c: answers kept while nothing has been written to the store */
 #define RC_KEY_MAX 512
 struct rc_entry {
-    char key[RC_KEY_MAX], org_id[ID_MAX], user_id[40];
-    char etag[32]; /* "" for none */
+    char key[RC_KEY_MAX], org_id[ID_MAX];
+    char user_id[sizeof(((struct principal *)0)->user_id)];
+    char etag[32]; /* "" for none; as etag_of writes it */
     uint64_t gen;  /* store_write_generation when kept */
     char *body;
     size_t len;

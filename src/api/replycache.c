@@ -44,10 +44,7 @@ const struct rc_entry *replycache_find(struct replycache *c, struct req *r, cons
 void replycache_keep(struct replycache *c, struct req *r, const char *key, const struct buf *b,
                      const char *etag)
 {
-    if (r->cfg->reply_cache_off || b->overflow || b->len > c->max_body ||
-        strlen(key) >= RC_KEY_MAX ||
-        strlen(r->who.user_id) >= sizeof(((struct rc_entry *)0)->user_id) ||
-        strlen(etag ? etag : "") >= sizeof(((struct rc_entry *)0)->etag))
+    if (r->cfg->reply_cache_off || b->overflow || b->len > c->max_body || strlen(key) >= RC_KEY_MAX)
         return;
     struct rc_entry *e = slot_of(c, key);
     char *copy = realloc(e->body, b->len ? b->len : 1);

@@ -22,7 +22,14 @@ static void etag_of(int64_t version, char out[32])
     snprintf(out, 32, "\"%lld\"", (long long)version);
 }
 
-static void reply_session(struct req *r, int status, const struct session_rec *s)
+/* answers kept while nothing has been written (replycache.c): single
+ * sessions (~2.2 KB each) and list pages */
+static struct replycache get_cache = {.nslots = 1024, .max_body = LD_GET_CACHE_BODY_MAX};
+static struct replycache list_cache = {.nslots = 64, .max_body = LD_LIST_CACHE_BODY_MAX};
+
+/* Answers with the session and its ETag; a GET's answer is kept in keep. */
+static void reply_session(struct req *r, int status, const struct session_rec *s,
+                          struct replycache *keep)
 {
     struct buf b;
     buf_init(&b, LD_MAX_RESPONSE);
@@ -32,6 +39,7 @@ static void reply_session(struct req *r, int status, const struct session_rec *s
     render_session(r, &w, s);
     char etag[32];
     etag_of(s->version, etag);
+    if (keep) replycache_keep(keep, r, s->id, &b, etag);
     struct reply_header h = {"ETag", etag};
     reply_json_h(r, status, &b, &h, 1);
 }
@@ -42,7 +50,7 @@ static void reply_fresh(struct req *r, const char *id, int status)
     struct session_rec s;
     enum ld_err e = store_session_get(r->st, r->who.org_id, id, r->who.user_id, &r->arena, &s);
     if (e == LD_OK)
-        reply_session(r, status, &s);
+        reply_session(r, status, &s, NULL);
     else
         reply_problem(r, e, e == LD_E_NOT_FOUND ? "Session not found" : "Storage error");
 }
@@ -239,11 +247,6 @@ out:
 
 /* ---- get ---- */
 
-/* answers kept while nothing has been written (replycache.c): single
- * sessions (~2.2 KB each) and list pages */
-static struct replycache get_cache = {.nslots = 1024, .max_body = LD_GET_CACHE_BODY_MAX};
-static struct replycache list_cache = {.nslots = 64, .max_body = LD_LIST_CACHE_BODY_MAX};
-
 void sessions_cache_metrics(struct buf *o)
 {
     buf_puts(o, "# HELP loopd_reply_cache_lookups_total GETs looked up in the reply cache, by"
@@ -288,15 +291,7 @@ void h_session_get(struct req *r)
     char etag[32];
     etag_of(s.version, etag);
     if (not_modified(r, etag)) return;
-    struct buf b;
-    buf_init(&b, LD_MAX_RESPONSE);
-    buf_reserve(&b, LD_SESSION_RENDER_HINT);
-    struct jw w;
-    jw_init(&w, &b);
-    render_session(r, &w, &s);
-    replycache_keep(&get_cache, r, r->params[0], &b, etag);
-    struct reply_header h = {"ETag", etag};
-    reply_json_h(r, 200, &b, &h, 1);
+    reply_session(r, 200, &s, &get_cache);
 }
 
 /* ---- patch ---- */
@@ -584,7 +579,7 @@ static void chat_done(struct store_op *op)
         reply_problem(r, e, "Storage error");
         return;
     }
-    reply_session(r, 200, &s);
+    reply_session(r, 200, &s, NULL);
 }
 
 void h_sessions_chat(struct req *r)
@@ -603,7 +598,7 @@ void h_sessions_chat(struct req *r)
     enum ld_err e =
         store_session_by_singleton(r->st, r->who.org_id, key, r->who.user_id, &r->arena, &found);
     if (e == LD_OK) {
-        reply_session(r, 200, &found);
+        reply_session(r, 200, &found, NULL);
         return;
     }
     struct harness_rec h;

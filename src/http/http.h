@@ -44,6 +44,7 @@ struct req {
     int http10; /* the request said HTTP/1.0 */
     int route;  /* index in the route table, -1 none */
     const char *params[REQ_MAX_PARAMS];
+    const char *url; /* req_url, once built */
     struct principal who;
     /* the answer: non-NULL once answered */
     void *resp; /* struct resp * (http/server.c) */
@@ -57,7 +58,8 @@ const char *req_query(struct req *r, const char *name);
 int req_query_all(struct req *r, const char *name, const char **out, int max);
 /* The base URL for links: the public URL, or http://<listen address>. */
 const char *req_base_url(struct req *r);
-/* The full request URL (base + path + query) for next/prev links. */
+/* The full request URL (base + path + query) for next/prev links; built
+ * once per request. */
 const char *req_url(struct req *r);
 
 /* answers: body ownership passes to the response */

@@ -324,6 +324,7 @@ static void put_escaped(struct buf *b, const char *s)
 
 const char *req_url(struct req *r)
 {
+    if (r->url) return r->url;
     struct buf b;
     buf_init(&b, 16384);
     buf_puts(&b, r->srv->base_url);
@@ -334,9 +335,9 @@ const char *req_url(struct req *r)
         buf_putc(&b, '=');
         put_escaped(&b, r->query[i].value);
     }
-    const char *s = arena_strdup(&r->arena, b.data ? b.data : "");
+    r->url = arena_strdup(&r->arena, b.data ? b.data : "");
     buf_free(&b);
-    return s;
+    return r->url;
 }
 
 struct loop *server_loop(struct server *s)
