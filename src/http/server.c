@@ -41,6 +41,7 @@
 #include "http/server.h"
 #include "api/routes.h"
 #include "core/id.h"
+#include "engine/engine.h"
 #include "http/http.h"
 #include "limits.h"
 #include "log.h"
@@ -221,6 +222,11 @@ void server_metrics_render(struct server *s, struct buf *o)
                "# HELP loopd_open_connections Open HTTP connections.\n"
                "# TYPE loopd_open_connections gauge\nloopd_open_connections %ld\n",
                s->nconns);
+    buf_printf(o,
+               "# HELP loopd_turns_running Turns in progress (waiting for tool results "
+               "included).\n"
+               "# TYPE loopd_turns_running gauge\nloopd_turns_running %ld\n",
+               s->eng ? engine_running(s->eng) : 0L);
     buf_printf(o,
                "# HELP loopd_inflight_writes Requests waiting for a durable commit.\n"
                "# TYPE loopd_inflight_writes gauge\nloopd_inflight_writes %ld\n",

@@ -52,6 +52,29 @@ def test_metrics_cover_routes_latency_commits_connections(api):
     assert any("connections" in g for g in gauges), gauges
 
 
+def metric_value(client, name):
+    for line in expect(client.get("/metrics"), 200).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError("%s not in /metrics" % name)
+
+
+def test_metrics_turns_running_gauge(fresh_server):
+    """loopd_turns_running counts the turns in progress: one while a slow
+    turn streams, none once it ended."""
+    from conftest import open_sse, post_message, wait_turn_end
+    srv = fresh_server()
+    c = srv.client()
+    assert metric_value(c, "loopd_turns_running") == 0
+    sid = c.create_session()["id"]
+    with open_sse(srv, sid) as st:
+        post_message(c, sid, "slow", {"latency_ms": 1500})
+        st.read_until(lambda f: f.event == "output.message.delta", 10)
+        assert metric_value(c, "loopd_turns_running") == 1
+        wait_turn_end(c, sid)
+    assert metric_value(c, "loopd_turns_running") == 0
+
+
 def test_metrics_counter_increases(api):
     def total():
         text = expect(api.get("/metrics"), 200).text
