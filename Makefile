@@ -75,10 +75,15 @@ run: deps
 unit: $(UNIT_BINS)
 	@scripts/run-units $(UNIT_BINS)
 
-api: build/loopd
+# storage faults for tests/durability/test_storage_faults.py (LD_PRELOAD)
+build/failio.so: tests/faults/failio.c
+	@mkdir -p build
+	$(CC) -shared -fPIC -O2 -Wall -Wextra -Werror -o $@ $< -ldl
+
+api: build/loopd build/failio.so
 	$(PY) -m pytest -q tests/api tests/durability
 
-api-asan: build/asan/loopd
+api-asan: build/asan/loopd build/failio.so
 	LOOPD_BIN=build/asan/loopd ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	$(PY) -m pytest -q tests/api tests/durability
@@ -111,7 +116,7 @@ format:
 	clang-format -i $(SRCS) $(wildcard src/*.h src/*/*.h) $(UNIT_SRCS)
 
 check-format:
-	@clang-format --dry-run -Werror $(SRCS) $(wildcard src/*.h src/*/*.h) $(UNIT_SRCS)
+	@clang-format --dry-run -Werror $(SRCS) $(wildcard src/*.h src/*/*.h) $(UNIT_SRCS) tests/faults/failio.c
 
 clean:
 	rm -rf build

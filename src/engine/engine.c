@@ -27,6 +27,9 @@
  *  - Messages while a turn runs: before FINISHING they are steered into it
  *    (it makes one more model call that sees them); during FINISHING they
  *    are queued and start the next turn as soon as the idle is durable.
+ *  - A batch that fails (its commit, or a full writer queue) stops the
+ *    session's turn; the session is then read back from its log and the
+ *    turn resumed or failed, as after a restart ("Repair", at the end).
  */
 #include "engine/engine.h"
 #include "core/builtins.h"
@@ -111,6 +114,9 @@ struct live {
     struct cid_wait *cids; /* client_message_ids whose message is not yet durable */
     char *client_tools;    /* "\nname\nname\n": the session's and agent's client tools */
     int max_iterations;
+    int broken;                      /* a batch failed: repaired from the log (see Repair) */
+    long repair_ms;                  /* the next repair's delay (backoff) */
+    struct loop_timer *repair_timer; /* the repair, once no batch is in flight */
 };
 
 #define LIVE_BUCKETS 4096
@@ -287,7 +293,7 @@ static struct live *live_get(struct engine *e, const struct session_rec *s)
 /* Frees a live record nobody needs; the log on disk is the truth. */
 static void live_maybe_free(struct engine *e, struct live *l)
 {
-    if (l->turn || l->subs || l->inflight || l->queued || l->cids) return;
+    if (l->turn || l->subs || l->inflight || l->queued || l->cids || l->broken) return;
     for (struct live **p = &e->buckets[hash_id(l->id)]; *p; p = &(*p)->next)
         if (*p == l) {
             *p = l->next;
@@ -376,19 +382,31 @@ static struct event_rec *emit(struct batch *b, const char *type, const char *dat
 
 static void batch_done(struct store_op *op);
 
+static void batch_refused(void *ud)
+{
+    struct batch *b = ud;
+    batch_done(&b->op);
+}
+
 static void batch_submit(struct batch *b)
 {
     b->op.done = batch_done;
     b->ls->inflight++;
     if (store_submit(b->e->st, &b->op) != LD_OK) {
+        /* failed like a commit, after the caller has returned: the session
+         * is repaired from the log then (see Repair) */
         b->op.err = LD_E_UNAVAILABLE;
         snprintf(b->op.detail, sizeof(b->op.detail), "The server is busy; retry shortly");
-        batch_done(&b->op);
+        loop_timer_add(b->e->loop, 0, batch_refused, b);
     }
 }
 
 static void turn_release(struct engine *e, struct turn *t);
 static void turn_free_calls(struct turn *t);
+static void live_break(struct engine *e, struct live *ls);
+static void repair_schedule(struct engine *e, struct live *ls);
+static const char repair_detail[] =
+    "A write to this session failed; it is being repaired from its log. Retry shortly.";
 
 static void batch_done(struct store_op *op)
 {
@@ -403,12 +421,13 @@ static void batch_done(struct store_op *op)
                 s->on_event(s, &b->ev[i]);
             }
         }
+        ls->repair_ms = 0;
     } else {
-        /* the sequences of this batch were never stored: take them back so
-         * the log stays gapless (later batches of this session fail too,
-         * since the turn stops here) */
+        /* the sequences of this batch were never stored, and the batches
+         * after it fail as well (ops.c keeps each log gapless): the turn
+         * stops here and the session is repaired from its log */
         log_error("event commit failed", "session", ls->id, "err", op->detail, NULL);
-        if (op->nevents) ls->next_seq = b->ev[0].seq;
+        live_break(b->e, ls);
     }
     if (b->first) b->first(b);
     if (b->then) b->then(b);
@@ -417,6 +436,7 @@ static void batch_done(struct store_op *op)
     arena_free(&b->arena);
     free(b);
     if (t) turn_release(e, t);
+    if (ls->broken && !ls->inflight) repair_schedule(e, ls);
     live_maybe_free(e, ls);
 }
 
@@ -1288,19 +1308,25 @@ static void step_finish(struct engine *e, struct turn *t, struct batch *b)
 static void start_turn_for(struct engine *e, struct live *ls, const char *input_msg_id,
                            void (*then)(struct batch *), struct batch *b_in);
 
+/* the session is idle (durably): a message queued meanwhile starts its turn */
+static void queued_next(struct batch *b)
+{
+    struct live *ls = b->ls;
+    if (b->op.err != LD_OK || ls->turn || !ls->queued) return;
+    ls->queued = 0;
+    start_turn_for(b->e, ls, ls->queued_msg_id, after_activation, NULL);
+}
+
 /* FINISHING -> DONE: the idle is durable; a queued message starts the next turn */
 static void finished(struct batch *b)
 {
     struct turn *t = b->turn;
     struct engine *e = b->e;
-    struct live *ls = b->ls;
+    if (b->op.err != LD_OK) return; /* live_break let the turn go */
     if (t->state == T_FINISHING) t->state = T_DONE;
-    if (ls->turn == t) ls->turn = NULL;
+    if (b->ls->turn == t) b->ls->turn = NULL;
     turn_release(e, t); /* the live record's reference */
-    if (ls->queued && !ls->turn) {
-        ls->queued = 0;
-        start_turn_for(e, ls, ls->queued_msg_id, after_activation, NULL);
-    }
+    queued_next(b);
 }
 
 /* ends a running turn with turn.failed + session.idled */
@@ -1413,6 +1439,10 @@ void engine_post_message(struct engine *e, const struct session_rec *s,
                          const struct engine_input *in, engine_msg_fn fn, void *ud)
 {
     struct live *ls = live_get(e, s);
+    if (ls->broken) {
+        fn(ud, LD_E_UNAVAILABLE, repair_detail, NULL, NULL);
+        return;
+    }
     struct cid_wait *cw = NULL;
     if (in->client_message_id) {
         for (struct cid_wait *c = ls->cids; c; c = c->next)
@@ -1524,6 +1554,10 @@ void engine_tool_results(struct engine *e, const struct session_rec *s,
 {
     struct live *ls = live_find(e, s->id);
     struct turn *t = ls ? ls->turn : NULL;
+    if (ls && ls->broken) {
+        fn(ud, LD_E_UNAVAILABLE, repair_detail, 0, 0);
+        return;
+    }
     if (!t || t->state != T_WAITING) {
         fn(ud, LD_E_CONFLICT, "not waiting", 0, 0);
         return;
@@ -1575,6 +1609,10 @@ void engine_cancel(struct engine *e, const struct session_rec *s, engine_cancel_
 {
     struct live *ls = live_find(e, s->id);
     struct turn *t = ls ? ls->turn : NULL;
+    if (ls && ls->broken) {
+        fn(ud, LD_E_UNAVAILABLE, 0);
+        return;
+    }
     if (!t || t->state == T_FINISHING || t->state == T_DONE || t->state == T_CANCELLED) {
         fn(ud, LD_OK, 0);
         return;
@@ -1695,6 +1733,7 @@ void engine_free(struct engine *e)
                 }
                 free(c);
             }
+            if (l->repair_timer) loop_timer_cancel(e->loop, l->repair_timer);
             free(l->last_text);
             free(l->last_hints);
             free(l->client_tools);
@@ -1710,7 +1749,7 @@ void engine_free(struct engine *e)
 int engine_session_busy(struct engine *e, const char *session_id)
 {
     struct live *l = live_find(e, session_id);
-    return l && (l->turn || l->queued || l->inflight);
+    return l && (l->turn || l->queued || l->inflight || l->broken);
 }
 
 long engine_running(struct engine *e)
@@ -1892,6 +1931,40 @@ static int resume_turn(struct engine *e, struct live *ls, const char *tid)
     return 1;
 }
 
+/* Ends or resumes the turn the stored session says is running (after a
+ * restart, or a repair).  `why` goes into the turn.failed of a turn that
+ * cannot be resumed. */
+static void recover_turn(struct engine *e, struct live *ls, const char *tid, const char *why)
+{
+    if (tid[0] && resume_turn(e, ls, tid)) {
+        log_warn("resuming a turn left running", "session", ls->id, "turn", tid, NULL);
+        return;
+    }
+    struct batch *b = batch_new(e, ls, NULL);
+    char data[512];
+    /* a stand-in turn, only so that the events carry its id as context */
+    struct turn ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    str_copy(ctx.id, sizeof(ctx.id), tid);
+    if (tid[0]) b->turn = &ctx;
+    snprintf(data, sizeof(data),
+             "{\"turn_id\":\"%s\",\"error\":\"%s\",\"error_code\":\"processing_error\"}", tid, why);
+    struct event_rec *ev = emit(b, "turn.failed", data, NULL);
+    ev->turn_id = tid[0] ? arena_strdup(&b->arena, tid) : NULL;
+    snprintf(data, sizeof(data), "{\"turn_id\":\"%s\"}", tid);
+    ev = emit(b, "session.idled", data, NULL);
+    ev->turn_id = tid[0] ? arena_strdup(&b->arena, tid) : NULL;
+    b->turn = NULL;
+    b->upd.set_status = 1;
+    b->upd.status = SS_IDLE;
+    b->upd.set_outcome = 1;
+    b->upd.outcome = TO_FAILED;
+    b->upd.turn_id = "";
+    b->then = queued_next;
+    batch_submit(b);
+    log_warn("recovered a turn left running", "session", ls->id, "turn", tid, NULL);
+}
+
 int engine_recover(struct engine *e)
 {
     struct arena a, ra; /* ra: one session at a time, emptied after it */
@@ -1904,38 +1977,94 @@ int engine_recover(struct engine *e)
         arena_reset(&ra);
         struct session_rec row;
         if (store_session_get(e->st, refs[i].org_id, refs[i].id, "", &ra, &row) != LD_OK) continue;
-        struct live *ls = live_get(e, &row);
-        const char *tid = row.turn_id[0] ? row.turn_id : "";
-        if (tid[0] && resume_turn(e, ls, tid)) {
-            log_warn("resuming a turn left running", "session", row.id, "turn", tid, NULL);
-            continue;
-        }
-        struct batch *b = batch_new(e, ls, NULL);
-        char data[512];
-        /* a stand-in turn, only so that the events carry its id as context */
-        struct turn ctx;
-        memset(&ctx, 0, sizeof(ctx));
-        str_copy(ctx.id, sizeof(ctx.id), tid);
-        if (tid[0]) b->turn = &ctx;
-        snprintf(data, sizeof(data),
-                 "{\"turn_id\":\"%s\",\"error\":\"The server stopped while this turn was "
-                 "running; it could not be resumed.\",\"error_code\":\"processing_error\"}",
-                 tid);
-        struct event_rec *ev = emit(b, "turn.failed", data, NULL);
-        ev->turn_id = tid[0] ? arena_strdup(&b->arena, tid) : NULL;
-        snprintf(data, sizeof(data), "{\"turn_id\":\"%s\"}", tid);
-        ev = emit(b, "session.idled", data, NULL);
-        ev->turn_id = tid[0] ? arena_strdup(&b->arena, tid) : NULL;
-        b->turn = NULL;
-        b->upd.set_status = 1;
-        b->upd.status = SS_IDLE;
-        b->upd.set_outcome = 1;
-        b->upd.outcome = TO_FAILED;
-        b->upd.turn_id = "";
-        batch_submit(b);
-        log_warn("recovered a turn left running", "session", row.id, "turn", tid, NULL);
+        recover_turn(e, live_get(e, &row), row.turn_id,
+                     "The server stopped while this turn was running; it could not be resumed.");
     }
     arena_free(&ra);
     arena_free(&a);
     return n;
+}
+
+/* ---- Repair ----
+ *
+ * When a batch of a session fails (its commit failed, or the writer's
+ * queue was full), its events were never stored and every later batch of
+ * the session in flight fails too (ops.c stores a batch only right after
+ * the one before it).  The session's turn stops at once: its timers and its
+ * model call are cancelled.  Once no batch of the session is in flight, the
+ * session is read back from the store, as after a restart: the next
+ * sequence follows the stored log, and a turn the stored session says is
+ * running is resumed from its log, or failed (recover_turn).  Until then the
+ * session answers new messages, tool results and cancels with 503.  If the
+ * store still fails, the repair fails the same way and is tried again after
+ * a delay that doubles from REPAIR_FIRST_MS to REPAIR_MAX_MS. */
+#define REPAIR_FIRST_MS 10
+#define REPAIR_MAX_MS 2000
+
+static void live_break(struct engine *e, struct live *ls)
+{
+    ls->broken = 1;
+    struct turn *t = ls->turn;
+    if (!t) return;
+    ls->turn = NULL;
+    ls->steered = 0; /* the log has the steered messages; the repair reads them */
+    t->state = T_DONE;
+    if (t->timer) {
+        loop_timer_cancel(e->loop, t->timer);
+        t->timer = NULL;
+    }
+    if (t->pend_timer) {
+        loop_timer_cancel(e->loop, t->pend_timer);
+        t->pend_timer = NULL;
+    }
+    if (t->call) { /* no callback of the stream runs again */
+        llm_cancel(t->call);
+        t->call = NULL;
+        t->refs--;
+    }
+    turn_release(e, t); /* the live record's reference */
+}
+
+static void repair(struct engine *e, struct live *ls)
+{
+    struct arena a;
+    arena_init(&a);
+    struct session_rec row;
+    enum ld_err err = store_session_get(e->st, ls->org_id, ls->id, "", &a, &row);
+    if (err != LD_OK && err != LD_E_NOT_FOUND) {
+        arena_free(&a);
+        repair_schedule(e, ls);
+        return;
+    }
+    ls->broken = 0;
+    ls->committed_seq = store_events_max_seq(e->st, ls->id);
+    ls->next_seq = ls->committed_seq + 1;
+    if (err == LD_E_NOT_FOUND) {
+        ls->queued = 0; /* deleted meanwhile */
+    } else if (row.status == SS_ACTIVE || row.status == SS_WAITING) {
+        recover_turn(e, ls, row.turn_id,
+                     "A write of this turn failed and the turn could not be resumed.");
+    } else if (ls->queued) {
+        ls->queued = 0;
+        start_turn_for(e, ls, ls->queued_msg_id, after_activation, NULL);
+    }
+    log_warn("repaired a session after a failed write", "session", ls->id, NULL);
+    arena_free(&a);
+    live_maybe_free(e, ls);
+}
+
+static void repair_due(void *ud)
+{
+    struct live *ls = ud;
+    ls->repair_timer = NULL;
+    if (!ls->inflight) repair(g_engine, ls); /* else the last batch_done asks again */
+}
+
+static void repair_schedule(struct engine *e, struct live *ls)
+{
+    if (ls->repair_timer) return;
+    ls->broken = 1;
+    ls->repair_ms = ls->repair_ms ? ls->repair_ms * 2 : REPAIR_FIRST_MS;
+    if (ls->repair_ms > REPAIR_MAX_MS) ls->repair_ms = REPAIR_MAX_MS;
+    ls->repair_timer = loop_timer_add(e->loop, ls->repair_ms, repair_due, ls);
 }

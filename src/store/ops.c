@@ -368,6 +368,27 @@ static void events_append(struct conn *c, struct store_op *op)
         fail(op, LD_E_STORAGE, "Storage error");
         return;
     }
+    /* A session's log has no gaps: events continue the stored sequence or
+     * are not stored.  A batch of the same session that failed before this
+     * one (a failed commit, a full queue) would otherwise leave a hole that
+     * no reader could tell from a lost event; this one fails too, and the
+     * engine repairs the session from what is stored (engine.c, "Repair"). */
+    if (op->nevents && op->events[0].seq > 1) {
+        sqlite3_stmt *q =
+            conn_stmt(c, "SELECT 1 FROM events WHERE session_id = ? AND sequence = ?");
+        if (!q) {
+            fail(op, LD_E_STORAGE, "Storage error");
+            return;
+        }
+        bind_text(q, 1, op->id);
+        sqlite3_bind_int64(q, 2, op->events[0].seq - 1);
+        int found = sqlite3_step(q) == SQLITE_ROW;
+        sqlite3_reset(q);
+        if (!found) {
+            fail(op, LD_E_UNAVAILABLE, "An earlier write of this session failed; retry shortly");
+            return;
+        }
+    }
     int64_t counted = 0; /* X-Total-Count leaves deltas out */
     for (int i = 0; i < op->nevents; i++) {
         const struct event_rec *e = &op->events[i];

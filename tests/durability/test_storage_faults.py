@@ -1,0 +1,201 @@
+"""Storage faults: the disk fails under loopd, then recovers.
+
+build/failio.so (tests/faults/failio.c), preloaded into loopd, makes every
+sync of the write-ahead log fail with EIO, or every write of it fail with
+ENOSPC, while a control file says so.  Each failed write is answered with a
+5xx problem and is not served afterwards; everything that got a 2xx stays,
+before and after a restart; loopd never crashes and serves again as soon as
+the disk does.  A turn whose events fail to commit mid-stream stops, and its
+session is repaired from its log: the turn resumes (reason.recovered) or
+fails, the session ends idle, and every log stays gapless, also for a
+client that was streaming it.
+"""
+import importlib.util
+import os
+
+import pytest
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.util.spec_from_file_location(
+    "loopd_api_helpers", os.path.join(_HERE, "..", "api", "conftest.py"))
+h = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(h)
+
+FAILIO = os.path.join(h.REPO, "build", "failio.so")
+
+
+class Disk:
+    """The control file of failio.so: fail("sync"|"write"), heal()."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def fail(self, mode):
+        with open(self.path, "w") as f:
+            f.write(mode)
+
+    def heal(self):
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+    def hits(self):
+        try:
+            return os.path.getsize(self.path + ".hits")
+        except FileNotFoundError:
+            return 0
+
+
+def start_faulty(extra_args=()):
+    if not os.path.exists(FAILIO):
+        pytest.fail("%s is missing: run `make build/failio.so` (make api builds it)" % FAILIO)
+    ctl = os.path.join(h.tmp_root(), "failio-%s" % h.random_key()[-12:])
+    env = {"LD_PRELOAD": FAILIO, "FAILIO_CTL": ctl}
+    if "asan" in h.LOOPD_BIN:  # the sanitizer runtime need not be first then
+        env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
+    return h.start_server(list(extra_args), env=env), Disk(ctl)
+
+
+def listed_ids(c):
+    r = h.expect(c.get("/v1/sessions", params={"limit": 100}), 200).json()
+    h.validate(r, "PaginatedResponse_WithUrls_Session")
+    return {s["id"] for s in r["data"]}, r["total"]
+
+
+def metric(c, name):
+    for line in h.expect(c.get("/metrics"), 200).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError("%s not in /metrics" % name)
+
+
+def stats_total(c):
+    return h.expect(c.get("/v1/sessions/stats"), 200).json()["total"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "write"])
+def test_failed_commits_answer_5xx_and_keep_every_acknowledged_write(mode):
+    srv, disk = start_faulty()
+    try:
+        c = srv.client()
+        kept = c.create_session({"title": "kept", "tags": ["a"]})
+        talked = c.create_session({"title": "talked"})
+        h.post_message(c, talked["id"], "before the fault")
+        h.wait_turn_end(c, talked["id"])
+        log_before = h.get_events(c, talked["id"])
+
+        disk.fail(mode)
+        r = c.post("/v1/sessions", {"title": "lost"})
+        h.assert_problem(r, 500, detail="The write could not be made durable")
+        r = c.patch("/v1/sessions/" + kept["id"], {"title": "changed"})
+        h.assert_problem(r, 500, detail="The write could not be made durable")
+        r = c.post("/v1/sessions/%s/messages" % talked["id"], h.user_message("during"))
+        assert r.status_code in (500, 503), h.describe(r)
+        h.check_problem_body(r.json(), r.status_code)
+        r = c.post("/v1/agents", {"name": "lost-agent", "system_prompt": "x"})
+        assert r.status_code == 500, h.describe(r)
+        assert disk.hits() > 0, "the fault never happened"
+
+        # reads go on, and show nothing of the failed writes
+        assert h.get_session(c, kept["id"])["title"] == "kept"
+        ids, total = listed_ids(c)
+        assert ids == {kept["id"], talked["id"]} and total == 2
+        assert stats_total(c) == 2
+        assert h.get_events(c, talked["id"]) == log_before
+        h.expect(c.get("/v1/agents/lost-agent"), 404)
+
+        disk.heal()
+        # the session the failed message hit is repaired; then all works again
+        h.wait_for(lambda: c.post("/v1/sessions/%s/messages" % talked["id"],
+                                  h.user_message("after")).status_code == 201,
+                   what="a message to be taken again")
+        log = h.wait_turn_end(c, talked["id"], 2)
+        h.check_log(log, talked["id"])
+        assert log[:len(log_before)] == log_before
+        assert [e["type"] for e in log].count("input.message") == 2
+        patched = h.expect(c.patch("/v1/sessions/" + kept["id"], {"title": "changed"}), 200).json()
+        h.validate(patched, "WithUrls_Session")
+        new = c.create_session({"title": "new"})
+        ids, total = listed_ids(c)
+        assert ids == {kept["id"], talked["id"], new["id"]} and total == 3
+
+        srv.restart()
+        c = srv.client()
+        assert h.get_session(c, kept["id"])["title"] == "changed"
+        assert h.get_events(c, talked["id"]) == log
+        ids, total = listed_ids(c)
+        assert ids == {kept["id"], talked["id"], new["id"]} and total == 3
+        assert stats_total(c) == 3
+    finally:
+        disk.heal()
+        srv.stop()
+
+
+def test_commit_failing_mid_turn_repairs_the_session_from_its_log():
+    srv, disk = start_faulty()
+    streams, frames = {}, {}
+    try:
+        c = srv.client()
+        sids = [c.create_session({"title": "streamed %d" % i})["id"] for i in range(6)]
+        for sid in sids:
+            streams[sid] = h.open_sse(srv, sid)
+        for sid in sids:
+            h.post_message(c, sid, "a slow answer", {"latency_ms": 1500})
+        for sid in sids:  # every turn is streaming
+            frames[sid] = streams[sid].read_until(
+                lambda f: f.event == "output.message.delta", 10)
+
+        disk.fail("sync")
+        h.wait_for(lambda: disk.hits() >= 1, what="a failed sync")
+        # the disk stays failed until no turn runs any more: every turn has
+        # either stopped at its failed write or failed its own last writes
+        h.wait_for(lambda: metric(c, "loopd_turns_running") == 0, timeout=20,
+                   what="no turn running")
+        # a session whose batch failed is being repaired (503) or takes the
+        # message and fails to store it (500): never a 2xx, never a crash
+        for sid in sids:
+            r = c.post("/v1/sessions/%s/messages" % sid, h.user_message("meanwhile"))
+            assert r.status_code in (500, 503), h.describe(r)
+            h.check_problem_body(r.json(), r.status_code)
+        disk.heal()
+
+        logs = {}
+        for sid in sids:
+            logs[sid] = h.wait_turn_end(c, sid, 1, timeout=30)
+            h.check_log(logs[sid], sid)
+            assert h.get_session(c, sid)["status"] == "idle"
+            types = [e["type"] for e in logs[sid]]
+            assert types[-1] == "session.idled", types
+            assert types.count("turn.started") == 1, types
+            assert types[-2] in ("turn.completed", "turn.failed"), types
+            for e in logs[sid]:
+                h.validate(e, "TypedEvent")
+        repaired = [sid for sid in sids
+                    if any(e["type"] == "reason.recovered" for e in logs[sid])]
+        assert repaired, "no turn was interrupted by the fault"
+        for sid in repaired:
+            assert [e["type"] for e in logs[sid]][-2] == "turn.completed"
+
+        # each stream got exactly the log: nothing twice, nothing skipped
+        for sid in sids:
+            frames[sid] += streams[sid].read_until(lambda f: f.event == "session.idled", 10)
+            seen = [h.sse_event(f, sid) for f in frames[sid]]
+            assert seen == logs[sid], "stream of %s differs from its log" % sid
+
+        for sid in sids:  # every session takes turns again
+            h.post_message(c, sid, "after the fault")
+        for sid in sids:
+            logs[sid] = h.wait_turn_end(c, sid, 2)
+            h.check_log(logs[sid], sid)
+
+        srv.restart()
+        c = srv.client()
+        for sid in sids:
+            assert h.get_events(c, sid) == logs[sid]
+            assert h.get_session(c, sid)["status"] == "idle"
+        st = h.expect(c.get("/v1/sessions/stats"), 200).json()
+        assert st["total"] == len(sids) and st["idle"] == len(sids) and st["active"] == 0, st
+    finally:
+        for s in streams.values():
+            s.close()
+        disk.heal()
+        srv.stop()
