@@ -10,8 +10,11 @@ session is repaired from its log: the turn resumes (reason.recovered) or
 fails, the session ends idle, and every log stays gapless, also for a
 client that was streaming it.
 """
+import http.client
 import importlib.util
+import json
 import os
+import socket
 
 import pytest
 
@@ -197,5 +200,92 @@ def test_commit_failing_mid_turn_repairs_the_session_from_its_log():
     finally:
         for s in streams.values():
             s.close()
+        disk.heal()
+        srv.stop()
+
+
+def test_a_write_failing_inside_a_batch_fails_every_write_of_that_batch():
+    """One write of the log fails in the middle of a batch: a message too big
+    for the writer's page cache spills pages to the log before its batch
+    commits, and that spill fails (ENOSPC, once).  SQLite then rolls the
+    whole transaction back by itself, so the writes of the batch before the
+    message are gone too, and those after it must not be committed one by
+    one outside any transaction.  Whatever shares the batch: every write
+    answered 201 is stored, every one answered 5xx is not, before and after
+    a restart, and loopd goes on."""
+    srv, disk = start_faulty(["--max-body", str(16 << 20)])
+    try:
+        c = srv.client()
+        big_sid = c.create_session({"title": "big"})["id"]
+        big = json.dumps(h.user_message("x" * (15 << 20))).encode()
+        big_head = ("POST /v1/sessions/%s/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    "Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                    "Content-Length: %d\r\nConnection: close\r\n\r\n"
+                    % (big_sid, srv.key, len(big))).encode()
+        small = []
+        for i in range(24):
+            body = json.dumps({"title": "small %d" % i}).encode()
+            small.append(("POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          "Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                          "Content-Length: %d\r\nConnection: close\r\n\r\n"
+                          % (srv.key, len(body))).encode() + body)
+        # a decoy keeps the loop parsing 15 MB of JSON that turns out
+        # malformed at its end (400, nothing written) while the big message's
+        # last byte and every small create arrive: the loop then takes them
+        # in one turn and they reach the writer in one batch
+        decoy = b'{"title": "' + b"y" * (15 << 20) + b'"'
+        decoy_head = ("POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      "Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %d\r\nConnection: close\r\n\r\n"
+                      % (srv.key, len(decoy))).encode()
+        big_sock = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+        decoy_sock = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+        socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=60) for _ in small]
+        big_sock.sendall(big_head + big[:-1])
+        disk.fail("once")
+        decoy_sock.sendall(decoy_head + decoy)
+        big_sock.sendall(big[-1:])
+        for sk, w in zip(socks, small):
+            sk.sendall(w)
+        r = http.client.HTTPResponse(decoy_sock)
+        r.begin()
+        h.check_problem_body(json.loads(r.read()), 400)
+        decoy_sock.close()
+        results = []
+        for sk in [big_sock] + socks:
+            r = http.client.HTTPResponse(sk)
+            r.begin()
+            results.append((r.status, r.read()))
+            sk.close()
+        assert disk.hits() == 1, "the fault did not happen"
+        for status, body in results:
+            assert status in (201, 500, 503), (status, body[:300])
+            if status != 201:
+                h.check_problem_body(json.loads(body), status)
+        made = {json.loads(b)["id"] for s, b in results[1:] if s == 201}
+        failed = [json.loads(b) for s, b in results[1:] if s != 201]
+        big_stored = results[0][0] == 201
+
+        def check(cl):
+            ids, total = listed_ids(cl)
+            assert ids == made | {big_sid} and total == len(made) + 1
+            assert stats_total(cl) == len(made) + 1
+            inputs = [e for e in h.get_events(cl, big_sid) if e["type"] == "input.message"]
+            assert len(inputs) == (1 if big_stored else 0)
+
+        check(c)
+        assert failed or not big_stored, "nothing failed although a write of the log did"
+        # it goes on: the big session takes a message, creates work
+        h.wait_for(lambda: c.post("/v1/sessions/%s/messages" % big_sid,
+                                  h.user_message("small")).status_code == 201,
+                   what="the session to take a message")
+        made.add(c.create_session({"title": "after"})["id"])
+        h.wait_turn_end(c, big_sid, 2 if big_stored else 1, timeout=60)
+        srv.restart()
+        c = srv.client()
+        ids, total = listed_ids(c)
+        assert ids == made | {big_sid} and total == len(made) + 1
+        h.check_log(h.get_events(c, big_sid), big_sid)
+    finally:
         disk.heal()
         srv.stop()

@@ -7,8 +7,9 @@
  *
  * On every write and sync of a file whose name ends in "-wal", the control
  * file is read: "sync" fails fsync/fdatasync with EIO (a failing disk),
- * "write" fails pwrite64 (SQLite's write) with ENOSPC (a full disk); anything else, or no
- * file, lets the call through.  Each failure is counted in FAILIO_CTL.hits
+ * "write" fails pwrite64 (SQLite's write) with ENOSPC (a full disk), "once"
+ * fails the next such write only and then removes the control file;
+ * anything else, or no file, lets the call through.  Each failure is counted in FAILIO_CTL.hits
  * (one byte appended per failure), so a test can wait for the fault to
  * have happened instead of sleeping.  Other files are never touched.
  */
@@ -22,7 +23,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-enum mode { PASS, FAIL_SYNC, FAIL_WRITE };
+enum mode { PASS, FAIL_SYNC, FAIL_WRITE, FAIL_ONCE };
 
 static int is_wal(int fd)
 {
@@ -46,6 +47,7 @@ static enum mode mode_now(void)
     if (n <= 0) return PASS;
     if (strncmp(buf, "sync", 4) == 0) return FAIL_SYNC;
     if (strncmp(buf, "write", 5) == 0) return FAIL_WRITE;
+    if (strncmp(buf, "once", 4) == 0) return FAIL_ONCE;
     return PASS;
 }
 
@@ -64,7 +66,9 @@ static void count_hit(void)
 /* 1 if this call on fd fails with `err` (errno set) */
 static int fault(int fd, enum mode m, int err)
 {
-    if (mode_now() != m || !is_wal(fd)) return 0;
+    enum mode now = mode_now();
+    if ((now != m && !(now == FAIL_ONCE && m == FAIL_WRITE)) || !is_wal(fd)) return 0;
+    if (now == FAIL_ONCE) unlink(getenv("FAILIO_CTL"));
     count_hit();
     errno = err;
     return 1;
