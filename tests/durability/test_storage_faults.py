@@ -159,6 +159,9 @@ def test_commit_failing_mid_turn_repairs_the_session_from_its_log():
             r = c.post("/v1/sessions/%s/messages" % sid, h.user_message("meanwhile"))
             assert r.status_code in (500, 503), h.describe(r)
             h.check_problem_body(r.json(), r.status_code)
+            if r.status_code == 503:
+                assert r.headers.get("Retry-After") == "1", r.headers
+                assert "being repaired" in r.json()["detail"], r.json()
         disk.heal()
 
         logs = {}
