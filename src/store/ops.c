@@ -362,12 +362,6 @@ static void agent_archive(struct conn *c, struct store_op *op)
 
 static void events_append(struct conn *c, struct store_op *op)
 {
-    sqlite3_stmt *st = conn_stmt(c, "INSERT INTO events(session_id, sequence, id, type, ts,"
-                                    " turn_id, body, message) VALUES(?,?,?,?,?,?,?,?)");
-    if (!st) {
-        fail(op, LD_E_STORAGE, "Storage error");
-        return;
-    }
     /* A session's log has no gaps: events continue the stored sequence or
      * are not stored.  A batch of the same session that failed before this
      * one (a failed commit, a full queue) would otherwise leave a hole that
@@ -388,6 +382,12 @@ static void events_append(struct conn *c, struct store_op *op)
             fail(op, LD_E_UNAVAILABLE, "An earlier write of this session failed; retry shortly");
             return;
         }
+    }
+    sqlite3_stmt *st = conn_stmt(c, "INSERT INTO events(session_id, sequence, id, type, ts,"
+                                    " turn_id, body, message) VALUES(?,?,?,?,?,?,?,?)");
+    if (!st) {
+        fail(op, LD_E_STORAGE, "Storage error");
+        return;
     }
     int64_t counted = 0; /* X-Total-Count leaves deltas out */
     for (int i = 0; i < op->nevents; i++) {
