@@ -133,7 +133,8 @@ def test_failed_commits_answer_5xx_and_keep_every_acknowledged_write(mode):
         srv.stop()
 
 
-def test_commit_failing_mid_turn_repairs_the_session_from_its_log():
+@pytest.mark.parametrize("mode", ["sync", "write"])
+def test_commit_failing_mid_turn_repairs_the_session_from_its_log(mode):
     srv, disk = start_faulty()
     streams, frames = {}, {}
     try:
@@ -147,8 +148,8 @@ def test_commit_failing_mid_turn_repairs_the_session_from_its_log():
             frames[sid] = streams[sid].read_until(
                 lambda f: f.event == "output.message.delta", 10)
 
-        disk.fail("sync")
-        h.wait_for(lambda: disk.hits() >= 1, what="a failed sync")
+        disk.fail(mode)
+        h.wait_for(lambda: disk.hits() >= 1, what="a failed write of the log")
         # the disk stays failed until no turn runs any more: every turn has
         # either stopped at its failed write or failed its own last writes
         h.wait_for(lambda: metric(c, "loopd_turns_running") == 0, timeout=20,
