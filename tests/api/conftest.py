@@ -689,6 +689,14 @@ def get_events(client, sid, params=None):
     return body["data"]
 
 
+def metric_value(client, name):
+    """The value of an unlabelled sample of GET /metrics."""
+    for line in expect(client.get("/metrics"), 200).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError("%s not in /metrics" % name)
+
+
 def get_session(client, sid):
     return expect(client.get("/v1/sessions/%s" % sid), 200).json()
 

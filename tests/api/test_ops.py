@@ -7,7 +7,7 @@ import time
 
 import requests
 
-from conftest import LOOPD_BIN, assert_problem, expect, random_key
+from conftest import LOOPD_BIN, assert_problem, expect, metric_value, random_key
 
 
 def test_healthz_needs_no_key(server):
@@ -50,13 +50,6 @@ def test_metrics_cover_routes_latency_commits_connections(api):
     assert any("batch" in h for h in hist), hist
     gauges = [l.split()[2] for l in lines if l.startswith("# TYPE") and l.endswith(" gauge")]
     assert any("connections" in g for g in gauges), gauges
-
-
-def metric_value(client, name):
-    for line in expect(client.get("/metrics"), 200).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError("%s not in /metrics" % name)
 
 
 def test_metrics_turns_running_gauge(fresh_server):

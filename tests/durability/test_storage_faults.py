@@ -64,13 +64,6 @@ def listed_ids(c):
     return {s["id"] for s in r["data"]}, r["total"]
 
 
-def metric(c, name):
-    for line in h.expect(c.get("/metrics"), 200).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError("%s not in /metrics" % name)
-
-
 def stats_total(c):
     return h.expect(c.get("/v1/sessions/stats"), 200).json()["total"]
 
@@ -152,7 +145,7 @@ def test_commit_failing_mid_turn_repairs_the_session_from_its_log(mode):
         h.wait_for(lambda: disk.hits() >= 1, what="a failed write of the log")
         # the disk stays failed until no turn runs any more: every turn has
         # either stopped at its failed write or failed its own last writes
-        h.wait_for(lambda: metric(c, "loopd_turns_running") == 0, timeout=20,
+        h.wait_for(lambda: h.metric_value(c, "loopd_turns_running") == 0, timeout=20,
                    what="no turn running")
         # a session whose batch failed is being repaired (503) or takes the
         # message and fails to store it (500): never a 2xx, never a crash
