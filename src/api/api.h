@@ -47,6 +47,9 @@ int path_id(struct req *r, int i, const char *prefix, const char *what);
 
 /* The session named by the path (org-scoped): 400 malformed, 404 unknown. */
 int session_from_path(struct req *r, struct session_rec *s);
+/* the caller's session `id` (already validated) into s; else answers 404
+ * or a storage problem and returns -1 */
+int session_load(struct req *r, const char *id, struct session_rec *s);
 
 /* Pagination query: offset (>=0) and limit (1..100, larger clamped). */
 int page_params(struct req *r, long *offset, long *limit);

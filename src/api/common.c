@@ -559,8 +559,12 @@ int fields_config(struct req *r, json_t *o, int with_hints, struct jw *x, const 
 int session_from_path(struct req *r, struct session_rec *s)
 {
     if (path_id(r, 0, "session", "session")) return -1;
-    enum ld_err e =
-        store_session_get(r->st, r->who.org_id, r->params[0], r->who.user_id, &r->arena, s);
+    return session_load(r, r->params[0], s);
+}
+
+int session_load(struct req *r, const char *id, struct session_rec *s)
+{
+    enum ld_err e = store_session_get(r->st, r->who.org_id, id, r->who.user_id, &r->arena, s);
     if (e != LD_OK) {
         reply_problem(r, e, e == LD_E_NOT_FOUND ? "Session not found" : "Storage error");
         return -1;

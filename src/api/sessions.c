@@ -48,11 +48,7 @@ static void reply_session(struct req *r, int status, const struct session_rec *s
 static void reply_fresh(struct req *r, const char *id, int status)
 {
     struct session_rec s;
-    enum ld_err e = store_session_get(r->st, r->who.org_id, id, r->who.user_id, &r->arena, &s);
-    if (e == LD_OK)
-        reply_session(r, status, &s, NULL);
-    else
-        reply_problem(r, e, e == LD_E_NOT_FOUND ? "Session not found" : "Storage error");
+    if (session_load(r, id, &s) == 0) reply_session(r, status, &s, NULL);
 }
 
 /* ---- create ---- */
@@ -286,8 +282,8 @@ void h_session_get(struct req *r)
         if (!not_modified(r, c->etag)) replycache_reply(r, c);
         return;
     }
-    struct session_rec s;
-    if (session_from_path(r, &s)) return;
+    struct session_rec s; /* the id was checked above */
+    if (session_load(r, r->params[0], &s)) return;
     char etag[32];
     etag_of(s.version, etag);
     if (not_modified(r, etag)) return;

@@ -553,6 +553,26 @@ static void turn_free_calls(struct turn *t)
     t->ncalls = 0;
 }
 
+/* Stops what would move a turn on by itself: its timers, and its model
+ * stream (no callback of it runs again).  Text already streamed stays in
+ * t->pend for pending_delta. */
+static void turn_halt(struct engine *e, struct turn *t)
+{
+    if (t->timer) {
+        loop_timer_cancel(e->loop, t->timer);
+        t->timer = NULL;
+    }
+    if (t->pend_timer) {
+        loop_timer_cancel(e->loop, t->pend_timer);
+        t->pend_timer = NULL;
+    }
+    if (t->call) {
+        llm_cancel(t->call);
+        t->call = NULL;
+        t->refs--;
+    }
+}
+
 static void turn_release(struct engine *e, struct turn *t)
 {
     if (--t->refs > 0) return;
@@ -1618,15 +1638,7 @@ void engine_cancel(struct engine *e, const struct session_rec *s, engine_cancel_
         return;
     }
     t->state = T_CANCELLED;
-    if (t->timer) {
-        loop_timer_cancel(e->loop, t->timer);
-        t->timer = NULL;
-    }
-    if (t->call) { /* the stream stops now; no callback of it runs again */
-        llm_cancel(t->call);
-        t->call = NULL;
-        t->refs--;
-    }
+    turn_halt(e, t);
     /* the text streamed so far goes out before the cancel */
     struct batch *b = pending_delta(e, t, batch_new(e, ls, t));
     b->cb = (void *)(void (*)(void))fn;
@@ -2009,19 +2021,7 @@ static void live_break(struct engine *e, struct live *ls)
     ls->turn = NULL;
     ls->steered = 0; /* the log has the steered messages; the repair reads them */
     t->state = T_DONE;
-    if (t->timer) {
-        loop_timer_cancel(e->loop, t->timer);
-        t->timer = NULL;
-    }
-    if (t->pend_timer) {
-        loop_timer_cancel(e->loop, t->pend_timer);
-        t->pend_timer = NULL;
-    }
-    if (t->call) { /* no callback of the stream runs again */
-        llm_cancel(t->call);
-        t->call = NULL;
-        t->refs--;
-    }
+    turn_halt(e, t);
     turn_release(e, t); /* the live record's reference */
 }
 
