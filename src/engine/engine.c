@@ -405,8 +405,6 @@ static void turn_release(struct engine *e, struct turn *t);
 static void turn_free_calls(struct turn *t);
 static void live_break(struct engine *e, struct live *ls);
 static void repair_schedule(struct engine *e, struct live *ls);
-static const char repair_detail[] =
-    "A write to this session failed; it is being repaired from its log. Retry shortly.";
 
 static void batch_done(struct store_op *op)
 {
@@ -1460,7 +1458,7 @@ void engine_post_message(struct engine *e, const struct session_rec *s,
 {
     struct live *ls = live_get(e, s);
     if (ls->broken) {
-        fn(ud, LD_E_UNAVAILABLE, repair_detail, NULL, NULL);
+        fn(ud, LD_E_UNAVAILABLE, STORE_REPAIR_DETAIL, NULL, NULL);
         return;
     }
     struct cid_wait *cw = NULL;
@@ -1575,7 +1573,7 @@ void engine_tool_results(struct engine *e, const struct session_rec *s,
     struct live *ls = live_find(e, s->id);
     struct turn *t = ls ? ls->turn : NULL;
     if (ls && ls->broken) {
-        fn(ud, LD_E_UNAVAILABLE, repair_detail, 0, 0);
+        fn(ud, LD_E_UNAVAILABLE, STORE_REPAIR_DETAIL, 0, 0);
         return;
     }
     if (!t || t->state != T_WAITING) {

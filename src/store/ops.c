@@ -379,7 +379,7 @@ static void events_append(struct conn *c, struct store_op *op)
         int found = sqlite3_step(q) == SQLITE_ROW;
         sqlite3_reset(q);
         if (!found) {
-            fail(op, LD_E_UNAVAILABLE, "An earlier write of this session failed; retry shortly");
+            fail(op, LD_E_UNAVAILABLE, STORE_REPAIR_DETAIL);
             return;
         }
     }

@@ -34,6 +34,12 @@ enum store_op_kind {
     SOP_EVENTS_APPEND,      /* id (session), events[], optional update */
 };
 
+/* The detail of a write refused because an earlier batch of the same
+ * session failed (SOP_EVENTS_APPEND keeps each log gapless); the engine
+ * answers the same while it repairs such a session from its log. */
+#define STORE_REPAIR_DETAIL                                                                        \
+    "A write to this session failed; it is being repaired from its log. Retry shortly."
+
 /* One event of the log, as stored. */
 struct event_rec {
     int64_t seq;
