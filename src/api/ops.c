@@ -19,6 +19,27 @@ void h_healthz(struct req *r)
     reply_text(r, 200, "application/json", "{\"status\":\"ok\"}", 15, 0);
 }
 
+static void reply_ready(struct req *r)
+{
+    reply_text(r, 200, "application/json", "{\"status\":\"ready\"}", 18, 0);
+}
+
+static void probe_done(struct store_op *op)
+{
+    struct req *r = op->ud;
+    if (op->err == LD_OK)
+        reply_ready(r);
+    else
+        reply_problem(r, LD_E_UNAVAILABLE,
+                      "Writes to the store are failing (a test write just failed too: %s); "
+                      "loopd retries them and is ready again once the disk takes them",
+                      op->detail[0] ? op->detail : ld_err_title(op->err));
+}
+
+/* Ready: the store reads, and writes reach the disk.  While commits fail
+ * (a failing or full disk), each call makes one test write: not ready
+ * until one commits, so readiness comes back with the disk even when no
+ * client writes. */
 void h_readyz(struct req *r)
 {
     struct session_stats s;
@@ -26,7 +47,13 @@ void h_readyz(struct req *r)
         reply_problem(r, LD_E_UNAVAILABLE, "The store is not readable");
         return;
     }
-    reply_text(r, 200, "application/json", "{\"status\":\"ready\"}", 18, 0);
+    struct store_metrics m;
+    store_metrics(r->st, &m);
+    if (!m.write_failing) {
+        reply_ready(r);
+        return;
+    }
+    op_submit(r, op_new(r, SOP_PROBE, probe_done));
 }
 
 void h_metrics(struct req *r)

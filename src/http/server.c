@@ -251,6 +251,11 @@ void server_metrics_render(struct server *s, struct buf *o)
                "loopd_store_commit_failures_total %llu\n",
                (unsigned long long)m.commit_failures);
     buf_printf(o,
+               "# HELP loopd_store_write_failing 1 while the last commit that wrote failed.\n"
+               "# TYPE loopd_store_write_failing gauge\n"
+               "loopd_store_write_failing %d\n",
+               m.write_failing);
+    buf_printf(o,
                "# HELP loopd_store_statements_total SQL statements run by the writer.\n"
                "# TYPE loopd_store_statements_total counter\n"
                "loopd_store_statements_total %llu\n",

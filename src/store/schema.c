@@ -200,6 +200,8 @@ static const char *const migrations[] = {
     "  INSERT INTO resource_session_counts(resource_id, n) SELECT old.agent_id, -1"
     "    WHERE old.agent_id IS NOT NULL ON CONFLICT(resource_id) DO UPDATE SET n = n - 1;"
     "END;",
+    /* 10: one row /readyz rewrites to test the disk after a failed commit */
+    "CREATE TABLE IF NOT EXISTS probe(id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);",
 };
 #define NMIGRATIONS (int)(sizeof(migrations) / sizeof(migrations[0]))
 

@@ -32,6 +32,7 @@ enum store_op_kind {
     SOP_AGENT_ARCHIVE,      /* org_id, id */
     SOP_NOOP,               /* commits nothing; for tests of the queue */
     SOP_EVENTS_APPEND,      /* id (session), events[], optional update */
+    SOP_PROBE,              /* rewrites the probe row: a commit that writes */
 };
 
 /* The detail of a write refused because an earlier batch of the same
@@ -143,6 +144,7 @@ struct store_metrics {
     uint64_t statements;             /* SQL statements the writer ran */
     uint64_t wal_catch_ups;          /* times the writer closed the log's gap to restart it */
     uint64_t auth_hits, auth_misses; /* API keys found in the key cache, and not */
+    int write_failing;               /* the last batch that wrote failed to commit (/readyz) */
 };
 void store_metrics(struct store *st, struct store_metrics *m);
 

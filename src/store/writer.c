@@ -87,10 +87,12 @@ struct writer {
     long ckpt_want;    /* the run the writer waits for (0: none; writer thread only) */
 };
 
+/* wrote: -1 the commit failed, 1 it wrote something, 0 nothing to write */
 static void finish_batch(struct writer *w, struct store_op *batch, struct store_op *last, int n,
-                         int64_t us)
+                         int64_t us, int wrote)
 {
     pthread_mutex_lock(&w->mu);
+    if (wrote) w->m.write_failing = wrote < 0;
     if (w->done_tail)
         w->done_tail->next = batch;
     else
@@ -187,7 +189,8 @@ static void run_batch(struct writer *w, struct store_op *batch)
     int64_t t0 = time_mono_us();
     int n = 0;
     struct store_op *last = batch;
-    int began = conn_exec(&w->c, "BEGIN IMMEDIATE") == 0, lost = 0;
+    sqlite3_int64 changes = sqlite3_total_changes64(w->c.db);
+    int began = conn_exec(&w->c, "BEGIN IMMEDIATE") == 0, lost = 0, wrote = 0;
     for (struct store_op *op = batch; op; op = op->next) {
         last = op;
         n++;
@@ -223,8 +226,13 @@ static void run_batch(struct writer *w, struct store_op *batch)
             op->err = LD_E_STORAGE;
             snprintf(op->detail, sizeof(op->detail), "The write could not be made durable");
         }
+        wrote = -1;
+    } else if (!began) {
+        wrote = -1;
+    } else if (sqlite3_total_changes64(w->c.db) != changes) {
+        wrote = 1;
     }
-    finish_batch(w, batch, last, n, time_mono_us() - t0);
+    finish_batch(w, batch, last, n, time_mono_us() - t0, wrote);
 }
 
 /* sqlite3_wal_hook: after each commit, the log's length in frames */

@@ -17,6 +17,7 @@ import os
 import socket
 
 import pytest
+import requests
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location(
@@ -121,6 +122,44 @@ def test_failed_commits_answer_5xx_and_keep_every_acknowledged_write(mode):
         ids, total = listed_ids(c)
         assert ids == {kept["id"], talked["id"], new["id"]} and total == 3
         assert stats_total(c) == 3
+    finally:
+        disk.heal()
+        srv.stop()
+
+
+@pytest.mark.parametrize("mode", ["sync", "write"])
+def test_readyz_is_503_while_writes_fail_and_ready_again_with_the_disk(mode):
+    """A load balancer asks /readyz (no key): ready while commits reach the
+    disk, 503 once one failed, and ready again as soon as the disk takes
+    writes, even when no client writes meanwhile (each /readyz during the
+    failure makes one test write)."""
+    srv, disk = start_faulty()
+    try:
+        c = srv.client()
+        ready = requests.get(srv.base + "/readyz", timeout=5)
+        assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+        commits = h.metric_value(c, "loopd_store_commit_batch_size_count")
+        h.expect(requests.get(srv.base + "/readyz", timeout=5), 200)
+        assert h.metric_value(c, "loopd_store_commit_batch_size_count") == commits, \
+            "a healthy /readyz wrote"
+        assert h.metric_value(c, "loopd_store_write_failing") == 0
+
+        disk.fail(mode)
+        h.assert_problem(c.post("/v1/sessions", {"title": "lost"}), 500)
+        assert h.metric_value(c, "loopd_store_write_failing") == 1
+        hits = disk.hits()
+        r = requests.get(srv.base + "/readyz", timeout=5)
+        h.assert_problem(r, 503, detail_contains="Writes to the store are failing")
+        assert r.headers.get("Retry-After") == "1", r.headers
+        assert disk.hits() > hits, "the /readyz did not try a write"
+        # reads still work
+        assert listed_ids(c) == (set(), 0)
+
+        disk.heal()
+        ready = requests.get(srv.base + "/readyz", timeout=5)
+        assert ready.status_code == 200 and ready.json() == {"status": "ready"}, h.describe(ready)
+        assert h.metric_value(c, "loopd_store_write_failing") == 0
+        assert c.create_session({"title": "after"})["title"] == "after"
     finally:
         disk.heal()
         srv.stop()
