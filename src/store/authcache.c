@@ -13,14 +13,19 @@
  * `loopd keys revoke` returned is therefore checked against the database
  * again, and refused.
  *
- * Entries are keyed by the SHA-256 of the token (never the token itself)
- * and the X-Org-Id asked for, compared in constant time; only successes
- * are kept, in a small direct-mapped table (a new key takes its slot).  If
- * the file cannot be made or mapped, there is no cache: every request asks
- * the database, as before.
+ * Entries are keyed by a MAC of the token (never the token itself) and the
+ * X-Org-Id asked for, compared in constant time; only successes are kept,
+ * in a small direct-mapped table (a new key takes its slot).  The MAC is
+ * SipHash-2-4 under two secret keys drawn at start (128 bits): a request
+ * whose token is not the cached one cannot match it but by a 2^-128
+ * chance, and it costs a tenth of the SHA-256 (4,700 instructions, 3 % of
+ * a POST and more of a GET) that a miss still computes for the database.
+ * If the file cannot be made or mapped, there is no cache: every request
+ * asks the database, as before.
  */
 #include "store/sqlite_int.h"
 #include "util/sha256.h"
+#include "util/siphash.h"
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,7 +37,7 @@
 #define AUTHCACHE_SLOTS 256 /* a power of two */
 
 struct authcache_entry {
-    char hash[65];
+    uint64_t mac[2];
     char org[ID_MAX]; /* the X-Org-Id asked for, "" without one */
     uint64_t epoch;
     int used;
@@ -40,7 +45,8 @@ struct authcache_entry {
 };
 
 struct authcache {
-    uint64_t *epoch; /* shared with every process of the data dir */
+    unsigned char key[2][16]; /* the MAC's secret keys */
+    uint64_t *epoch;          /* shared with every process of the data dir */
     uint64_t hits, misses;
     struct authcache_entry e[AUTHCACHE_SLOTS];
 };
@@ -63,6 +69,7 @@ struct authcache *authcache_open(const char *dir)
     }
     struct authcache *ac = xcalloc(1, sizeof(*ac));
     ac->epoch = m;
+    random_bytes(ac->key, sizeof(ac->key));
     return ac;
 }
 
@@ -78,28 +85,33 @@ void authcache_bump(struct authcache *ac)
     if (ac) __atomic_add_fetch(ac->epoch, 1, __ATOMIC_SEQ_CST);
 }
 
-/* the key's slot: the hash (hex digits of a SHA-256: evenly spread) mixed
- * with the org asked for, so that one key used with and without X-Org-Id
- * keeps two entries */
-static struct authcache_entry *slot(struct authcache *ac, const char *hash, const char *org)
+static void mac(const struct authcache *ac, const char *token, uint64_t out[2])
 {
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        char c = hash[i];
-        v = v << 4 | (unsigned)(c <= '9' ? c - '0' : c - 'a' + 10);
-    }
+    size_t n = strlen(token);
+    out[0] = siphash24(ac->key[0], token, n);
+    out[1] = siphash24(ac->key[1], token, n);
+}
+
+/* the key's slot: its MAC (evenly spread) mixed with the org asked for, so
+ * that one key used with and without X-Org-Id keeps two entries */
+static struct authcache_entry *slot(struct authcache *ac, const uint64_t m[2], const char *org)
+{
+    unsigned v = (unsigned)m[0];
     for (const char *p = org; *p; p++)
         v = (v ^ (unsigned char)*p) * 16777619u;
     return &ac->e[v & (AUTHCACHE_SLOTS - 1)];
 }
 
-int authcache_get(struct authcache *ac, const char *hash, const char *org_hint, struct principal *p)
+int authcache_get(struct authcache *ac, const char *token, const char *org_hint,
+                  struct principal *p)
 {
     if (!ac) return 0;
     const char *org = org_hint ? org_hint : "";
-    struct authcache_entry *e = slot(ac, hash, org);
+    uint64_t m[2];
+    mac(ac, token, m);
+    struct authcache_entry *e = slot(ac, m, org);
     if (!e->used || e->epoch != __atomic_load_n(ac->epoch, __ATOMIC_SEQ_CST) ||
-        !ct_equal(e->hash, hash, 64) || strcmp(e->org, org) != 0) {
+        !ct_equal(e->mac, m, sizeof(m)) || strcmp(e->org, org) != 0) {
         ac->misses++;
         return 0;
     }
@@ -108,13 +120,15 @@ int authcache_get(struct authcache *ac, const char *hash, const char *org_hint, 
     return 1;
 }
 
-void authcache_put(struct authcache *ac, const char *hash, const char *org_hint,
+void authcache_put(struct authcache *ac, const char *token, const char *org_hint,
                    const struct principal *p, uint64_t epoch)
 {
     const char *org = org_hint ? org_hint : "";
     if (!ac || strlen(org) >= ID_MAX) return;
-    struct authcache_entry *e = slot(ac, hash, org);
-    memcpy(e->hash, hash, 65);
+    uint64_t m[2];
+    mac(ac, token, m);
+    struct authcache_entry *e = slot(ac, m, org);
+    memcpy(e->mac, m, sizeof(m));
     str_copy(e->org, sizeof(e->org), org);
     e->epoch = epoch;
     e->p = *p;

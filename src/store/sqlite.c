@@ -412,8 +412,8 @@ enum ld_err store_auth(struct store *st, const char *token, const char *org_hint
                        struct principal *p, char *detail, size_t dlen)
 {
     char hash[65], stored[65] = "";
+    if (authcache_get(st->ac, token, org_hint, p)) return LD_OK;
     sha256_hex(token, strlen(token), hash);
-    if (authcache_get(st->ac, hash, org_hint, p)) return LD_OK;
     /* the epoch before the lookup, and a read transaction begun after it:
      * a revocation committed before the epoch moved is seen by the query,
      * one committed later voids the entry (authcache.c) */
@@ -450,7 +450,7 @@ enum ld_err store_auth(struct store *st, const char *token, const char *org_hint
         snprintf(detail, dlen, "Organization not found");
         return LD_E_NOT_FOUND;
     }
-    authcache_put(st->ac, hash, org_hint, p, epoch);
+    authcache_put(st->ac, token, org_hint, p, epoch);
     return LD_OK;
 }
 

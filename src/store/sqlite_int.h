@@ -81,9 +81,9 @@ struct authcache;
 struct authcache *authcache_open(const char *dir);
 void authcache_close(struct authcache *ac);
 uint64_t authcache_epoch(struct authcache *ac);
-int authcache_get(struct authcache *ac, const char *hash, const char *org_hint,
+int authcache_get(struct authcache *ac, const char *token, const char *org_hint,
                   struct principal *p);
-void authcache_put(struct authcache *ac, const char *hash, const char *org_hint,
+void authcache_put(struct authcache *ac, const char *token, const char *org_hint,
                    const struct principal *p, uint64_t epoch);
 /* after a committed change of keys: every process's entries are void */
 void authcache_bump(struct authcache *ac);

@@ -1,6 +1,7 @@
 /* test_store_authcache.c — the cache of verified API keys
  * (src/store/authcache.c): a key put under the current epoch is found
- * again; another hash or another X-Org-Id is not; a bump through another
+ * again; another key (one byte apart, or a prefix) or another X-Org-Id
+ * is not; a bump through another
  * mapping of the same data dir (as `loopd keys revoke`, another process,
  * does) voids every entry; an entry verified under an older epoch is never
  * trusted; without a usable data dir there is no cache and every lookup
@@ -12,7 +13,6 @@
 #include <cmocka.h>
 
 #include "store/sqlite_int.h"
-#include "util/sha256.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,9 +53,8 @@ static void test_put_get_and_revocation_by_another_mapping(void **state)
     struct authcache *server = authcache_open(dir), *cli = authcache_open(dir);
     assert_non_null(server);
     assert_non_null(cli);
-    char hash[65], other[65];
-    sha256_hex("evr_pat_one", 11, hash);
-    sha256_hex("evr_pat_two", 11, other);
+    const char *hash = "evr_pat_0123456789abcdef0123456789abcdef0123456789abcdef";
+    const char *other = "evr_pat_0123456789abcdef0123456789abcdef0123456789abcdee";
     struct principal p, got;
     principal(&p, "org_a");
 
@@ -65,8 +64,10 @@ static void test_put_get_and_revocation_by_another_mapping(void **state)
     assert_int_equal(authcache_get(server, hash, NULL, &got), 1);
     assert_string_equal(got.org_id, "org_a");
     assert_string_equal(got.principal_id, "principal_1");
-    /* keyed by the X-Org-Id asked for too, and by the whole hash */
+    /* keyed by the X-Org-Id asked for too, and by the whole key */
     assert_int_equal(authcache_get(server, hash, "org_a", &got), 0);
+    assert_int_equal(authcache_get(server, "evr_pat_0123456789abcdef", NULL, &got), 0);
+    assert_int_equal(authcache_get(server, "", NULL, &got), 0);
     assert_int_equal(authcache_get(server, other, NULL, &got), 0);
     authcache_put(server, hash, "org_a", &p, e);
     assert_int_equal(authcache_get(server, hash, "org_a", &got), 1);
@@ -99,8 +100,7 @@ static void test_no_data_dir_means_no_cache(void **state)
     (void)state;
     struct authcache *ac = authcache_open("/nonexistent/loopd-authcache");
     assert_null(ac);
-    char hash[65];
-    sha256_hex("evr_pat_one", 11, hash);
+    const char *hash = "evr_pat_one";
     struct principal p, got;
     principal(&p, "org_a");
     authcache_put(ac, hash, NULL, &p, authcache_epoch(ac)); /* no-ops, no crash */
