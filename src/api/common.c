@@ -158,9 +158,17 @@ int field_tags(struct req *r, json_t *o, const char *key, const char **out)
                 return -1;
             }
     }
-    char *dump = json_dumps(v, JSON_COMPACT);
-    *out = arena_strdup(&r->arena, dump);
-    free(dump);
+    /* stored as JSON text, written here (json_dumps was a sixth of a POST's
+     * validation) */
+    struct buf b;
+    buf_init(&b, 2 + json_array_size(v) * (3 + 6 * (size_t)r->cfg->max_tag_len * 4));
+    struct jw w;
+    jw_init(&w, &b);
+    jw_arr(&w);
+    json_array_foreach(v, i, t) jw_str(&w, json_string_value(t));
+    jw_end(&w);
+    *out = arena_strndup(&r->arena, b.data, b.len);
+    buf_free(&b);
     return 1;
 }
 
