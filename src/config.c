@@ -59,6 +59,8 @@ static const struct opt opts[] = {
      "since is answered from a copy"},
     {"shutdown-timeout", OPT_LONG, O(shutdown_timeout), 0, 0, 3600, "10", NULL,
      "seconds to finish in-flight requests on SIGTERM"},
+    {"max-pending-writes", OPT_LONG, O(max_pending_writes), 0, 1, 1000000, "65536", NULL,
+     "most writes waiting for the disk (503 with Retry-After above)"},
     {"openai-base-url", OPT_STR, O(openai_base_url), sizeof(((struct config *)0)->openai_base_url),
      0, 0, "", NULL,
      "OpenAI-compatible API base (vLLM, Ollama, OpenRouter...), e.g. http://host/v1"},

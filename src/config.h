@@ -27,9 +27,10 @@ struct config {
     long max_title;
     long max_tags;
     long max_tag_len;
-    int reply_cache_off;   /* --reply-cache off (api/replycache.c) */
-    long shutdown_timeout; /* seconds to finish in-flight work on SIGTERM */
-    long fault_point;      /* test-only fail point (see store/writer.c) */
+    int reply_cache_off;     /* --reply-cache off (api/replycache.c) */
+    long shutdown_timeout;   /* seconds to finish in-flight work on SIGTERM */
+    long max_pending_writes; /* writes queued for the writer thread (503 above) */
+    long fault_point;        /* test-only fail point (see store/writer.c) */
     char openai_base_url[256];
     char openai_api_key[512];
     char openai_models[512];

@@ -229,6 +229,7 @@ int main(int argc, char **argv)
         log_error("cannot open the store", "err", err, NULL);
         return 1;
     }
+    store_set_queue_max(st, cfg.max_pending_writes);
     char key[256];
     const char *boot = getenv("LOOPD_BOOTSTRAP_KEY");
     if (store_bootstrap(st, boot, key, sizeof(key)) != LD_OK) {

@@ -251,6 +251,12 @@ void server_metrics_render(struct server *s, struct buf *o)
                "loopd_store_commit_failures_total %llu\n",
                (unsigned long long)m.commit_failures);
     buf_printf(o,
+               "# HELP loopd_store_writes_refused_total Writes refused at once (503): as many "
+               "as --max-pending-writes were waiting for the disk.\n"
+               "# TYPE loopd_store_writes_refused_total counter\n"
+               "loopd_store_writes_refused_total %llu\n",
+               (unsigned long long)m.refused);
+    buf_printf(o,
                "# HELP loopd_store_write_failing 1 while the last commit that wrote failed.\n"
                "# TYPE loopd_store_write_failing gauge\n"
                "loopd_store_write_failing %d\n",

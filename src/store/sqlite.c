@@ -124,6 +124,11 @@ void store_quiesce(struct store *st)
     writer_quiesce(st->w);
 }
 
+void store_set_queue_max(struct store *st, long n)
+{
+    writer_set_queue_max(st->w, n);
+}
+
 void store_metrics(struct store *st, struct store_metrics *m)
 {
     writer_metrics(st->w, m);

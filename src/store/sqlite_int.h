@@ -99,6 +99,7 @@ struct store {
 };
 
 struct writer *writer_start(const char *path, char *err, size_t errlen);
+void writer_set_queue_max(struct writer *w, long n);
 void writer_stop(struct writer *w);
 int writer_fd(struct writer *w);
 enum ld_err writer_submit(struct writer *w, struct store_op *op);

@@ -112,6 +112,8 @@ struct store_op {
 struct store *store_open(const char *dir, char *err, size_t errlen);
 void store_close(struct store *st);
 int store_notify_fd(struct store *st);
+/* Most ops queued at once (default LD_WRITER_QUEUE_MAX; --max-pending-writes). */
+void store_set_queue_max(struct store *st, long n);
 /* Queues an op.  LD_E_UNAVAILABLE when the queue is full or closing. */
 enum ld_err store_submit(struct store *st, struct store_op *op);
 /* Runs `done` for every op the writer has finished (call on the loop). */
@@ -139,6 +141,7 @@ void store_flush(struct store *st);
 #define STORE_BATCH_BUCKETS 8
 struct store_metrics {
     uint64_t commits, ops, commit_failures;
+    uint64_t refused; /* ops refused: the queue was full (--max-pending-writes) */
     uint64_t batch_hist[STORE_BATCH_BUCKETS]; /* <=1,2,4,8,16,64,256,inf */
     uint64_t commit_us_total;
     uint64_t statements;             /* SQL statements the writer ran */

@@ -3,7 +3,8 @@
  * process.
  *
  * DESIGN
- *  - The loop hands ops in through a FIFO bounded at LD_WRITER_QUEUE_MAX;
+ *  - The loop hands ops in through a FIFO bounded at LD_WRITER_QUEUE_MAX
+ *    (--max-pending-writes);
  *    past it writer_submit() answers LD_E_UNAVAILABLE (the API says 503).
  *    What one loop iteration submits reaches the FIFO at the iteration's
  *    end, all at once (writer_release): woken by the first op of a burst,
@@ -68,7 +69,8 @@ struct writer {
     pthread_cond_t idle; /* signalled when the queue is empty and no batch runs */
     struct store_op *head, *tail;
     long queued;
-    int running; /* a batch is in progress */
+    long queue_max; /* ops queued at most (writer_submit); loop thread only */
+    int running;    /* a batch is in progress */
     struct store_op *done_head, *done_tail;
     int closing, stop;
     int efd;
@@ -329,6 +331,7 @@ struct writer *writer_start(const char *path, char *err, size_t errlen)
     conn_exec(&w->c, "PRAGMA wal_autocheckpoint=0");
     sqlite3_wal_hook(w->c.db, on_wal_commit, w);
     w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    w->queue_max = LD_WRITER_QUEUE_MAX;
     str_copy(w->path, sizeof(w->path), path);
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
@@ -369,6 +372,11 @@ void writer_stop(struct writer *w)
     free(w);
 }
 
+void writer_set_queue_max(struct writer *w, long n)
+{
+    w->queue_max = n > 0 ? n : 1;
+}
+
 int writer_fd(struct writer *w)
 {
     return w->efd;
@@ -378,7 +386,8 @@ enum ld_err writer_submit(struct writer *w, struct store_op *op)
 {
     op->next = NULL;
     pthread_mutex_lock(&w->mu);
-    int full = w->closing || w->queued + w->nstaged >= LD_WRITER_QUEUE_MAX;
+    int full = w->closing || w->queued + w->nstaged >= w->queue_max;
+    if (full && !w->closing) w->m.refused++;
     pthread_mutex_unlock(&w->mu);
     if (full) return LD_E_UNAVAILABLE;
     if (w->staged_tail)

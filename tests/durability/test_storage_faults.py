@@ -15,6 +15,8 @@ import importlib.util
 import json
 import os
 import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -60,9 +62,15 @@ def start_faulty(extra_args=()):
 
 
 def listed_ids(c):
-    r = h.expect(c.get("/v1/sessions", params={"limit": 100}), 200).json()
-    h.validate(r, "PaginatedResponse_WithUrls_Session")
-    return {s["id"] for s in r["data"]}, r["total"]
+    """Every session ID the list shows, page by page, and its total."""
+    ids, offset = set(), 0
+    while True:
+        r = h.expect(c.get("/v1/sessions", params={"limit": 100, "offset": offset}), 200).json()
+        h.validate(r, "PaginatedResponse_WithUrls_Session")
+        ids |= {s["id"] for s in r["data"]}
+        offset += len(r["data"])
+        if not r["data"] or offset >= r["total"]:
+            return ids, r["total"]
 
 
 def stats_total(c):
@@ -238,6 +246,95 @@ def test_commit_failing_mid_turn_repairs_the_session_from_its_log(mode):
     finally:
         for s in streams.values():
             s.close()
+        disk.heal()
+        srv.stop()
+
+
+def test_a_full_write_queue_answers_503_at_once_and_loses_nothing():
+    """The disk cannot keep up (each sync of the log takes 200 ms more) and
+    at most 4 writes may wait for it (--max-pending-writes 4) while clients
+    keep creating sessions.  A write past
+    that is answered 503 with Retry-After at once, and is not stored; a
+    turn whose events find the queue full stops and its session is repaired
+    from its log, as after a failed commit.  Once the disk keeps up again
+    every session ends idle with a gapless log equal to what its stream
+    delivered, and every write answered 201 is there after a restart."""
+    srv, disk = start_faulty(["--max-pending-writes", "4"])
+    streams, frames = {}, {}
+    try:
+        c = srv.client()
+        sids = [c.create_session({"title": "streamed %d" % i})["id"] for i in range(4)]
+        for sid in sids:
+            streams[sid] = h.open_sse(srv, sid)
+        for sid in sids:
+            h.post_message(c, sid, "a slow answer", {"latency_ms": 4000})
+        for sid in sids:  # every turn is streaming
+            frames[sid] = streams[sid].read_until(
+                lambda f: f.event == "output.message.delta", 10)
+
+        disk.fail("slow")
+        h.wait_for(lambda: disk.hits() >= 1, what="a slow sync of the log")
+        # 16 clients create sessions without pause: the queue stays full, so
+        # the streaming turns' own writes find it full too
+        made, refused, stop, lock = set(), [0], threading.Event(), threading.Lock()
+
+        def flood(i):
+            s = requests.Session()
+            s.headers["Authorization"] = "Bearer " + srv.key
+            while not stop.is_set():
+                r = s.post(srv.base + "/v1/sessions", json={"title": "queued %d" % i}, timeout=60)
+                assert r.status_code in (201, 503), h.describe(r)
+                if r.status_code == 201:
+                    with lock:
+                        made.add(r.json()["id"])
+                    continue
+                h.assert_problem(r, 503,
+                                 detail="The server is busy or shutting down; retry shortly")
+                assert r.headers.get("Retry-After") == "1", r.headers
+                with lock:
+                    refused[0] += 1
+
+        with ThreadPoolExecutor(16) as pool:
+            clients = [pool.submit(flood, i) for i in range(16)]
+            try:
+                # at most 16 of the clients' refusals are not counted yet
+                h.wait_for(lambda: h.metric_value(c, "loopd_store_writes_refused_total")
+                           > refused[0] + 16, timeout=30, what="a turn's events refused")
+            finally:
+                stop.set()
+            for f in clients:
+                f.result()
+        assert refused[0] > 0 and made, (refused[0], len(made))
+        assert h.metric_value(c, "loopd_store_writes_refused_total") > refused[0]
+        disk.heal()
+
+        logs = {}
+        for sid in sids:
+            logs[sid] = h.wait_turn_end(c, sid, 1, timeout=30)
+            h.check_log(logs[sid], sid)
+            assert h.get_session(c, sid)["status"] == "idle"
+            types = [e["type"] for e in logs[sid]]
+            assert types[-1] == "session.idled", types
+            assert types.count("turn.started") == 1, types
+            for e in logs[sid]:
+                h.validate(e, "TypedEvent")
+        assert any(e["type"] == "reason.recovered" for sid in sids for e in logs[sid]), \
+            "no turn was stopped by the full queue"
+        for sid in sids:  # each stream got exactly the log
+            frames[sid] += streams[sid].read_until(lambda f: f.event == "session.idled", 10)
+            assert [h.sse_event(f, sid) for f in frames[sid]] == logs[sid], sid
+
+        ids, total = listed_ids(c)
+        assert ids == made | set(sids) and total == len(made) + len(sids)
+        srv.restart()
+        c = srv.client()
+        ids, total = listed_ids(c)
+        assert ids == made | set(sids) and total == len(made) + len(sids)
+        for sid in sids:
+            assert h.get_events(c, sid) == logs[sid]
+    finally:
+        for st in streams.values():
+            st.close()
         disk.heal()
         srv.stop()
 

@@ -21,9 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
-enum mode { PASS, FAIL_SYNC, FAIL_WRITE, FAIL_ONCE };
+enum mode { PASS, FAIL_SYNC, FAIL_WRITE, FAIL_ONCE, SLOW_SYNC };
 
 static int is_wal(int fd)
 {
@@ -48,6 +49,7 @@ static enum mode mode_now(void)
     if (strncmp(buf, "sync", 4) == 0) return FAIL_SYNC;
     if (strncmp(buf, "write", 5) == 0) return FAIL_WRITE;
     if (strncmp(buf, "once", 4) == 0) return FAIL_ONCE;
+    if (strncmp(buf, "slow", 4) == 0) return SLOW_SYNC;
     return PASS;
 }
 
@@ -82,10 +84,21 @@ static void *next_fn(const char *name)
     return dlsym(RTLD_NEXT, name);
 }
 
+/* a sync of the log in "slow" mode first waits 200 ms */
+static void maybe_slow(int fd)
+{
+    if (mode_now() != SLOW_SYNC || !is_wal(fd)) return;
+    count_hit();
+    struct timespec ts = {0, 200 * 1000 * 1000};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
 int fsync(int fd)
 {
     static sync_fn real;
     if (!real) real = (sync_fn)next_fn("fsync");
+    maybe_slow(fd);
     return fault(fd, FAIL_SYNC, EIO) ? -1 : real(fd);
 }
 
@@ -93,6 +106,7 @@ int fdatasync(int fd)
 {
     static sync_fn real;
     if (!real) real = (sync_fn)next_fn("fdatasync");
+    maybe_slow(fd);
     return fault(fd, FAIL_SYNC, EIO) ? -1 : real(fd);
 }
 
