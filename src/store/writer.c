@@ -3,9 +3,9 @@
  * process.
  *
  * DESIGN
- *  - The loop hands ops in through a FIFO bounded at LD_WRITER_QUEUE_MAX
- *    (--max-pending-writes);
- *    past it writer_submit() answers LD_E_UNAVAILABLE (the API says 503).
+ *  - The loop hands ops in through a FIFO bounded by --max-pending-writes
+ *    (LD_WRITER_QUEUE_MAX by default); past it writer_submit() answers
+ *    LD_E_UNAVAILABLE (the API says 503) and counts the refusal.
  *    What one loop iteration submits reaches the FIFO at the iteration's
  *    end, all at once (writer_release): woken by the first op of a burst,
  *    the thread would commit it alone and make the rest of the burst wait
