@@ -173,20 +173,47 @@ def test_readyz_is_503_while_writes_fail_and_ready_again_with_the_disk(mode):
         srv.stop()
 
 
+def start_streaming_turns(srv, c, n, latency_ms, streams, frames):
+    """n new sessions, each with an SSE stream (into `streams`) and a turn
+    that streams its answer over latency_ms; returns once every stream has
+    had a delta (frames so far into `frames`).  The session IDs."""
+    sids = [c.create_session({"title": "streamed %d" % i})["id"] for i in range(n)]
+    for sid in sids:
+        streams[sid] = h.open_sse(srv, sid)
+    for sid in sids:
+        h.post_message(c, sid, "a slow answer", {"latency_ms": latency_ms})
+    for sid in sids:
+        frames[sid] = streams[sid].read_until(lambda f: f.event == "output.message.delta", 10)
+    return sids
+
+
+def ended_one_turn(c, sids, streams, frames):
+    """Each session's log once its one turn has ended: gapless, valid, the
+    session idle, and equal to what its stream delivered.  The logs."""
+    logs = {}
+    for sid in sids:
+        logs[sid] = h.wait_turn_end(c, sid, 1, timeout=30)
+        h.check_log(logs[sid], sid)
+        assert h.get_session(c, sid)["status"] == "idle"
+        types = [e["type"] for e in logs[sid]]
+        assert types[-1] == "session.idled", types
+        assert types.count("turn.started") == 1, types
+        for e in logs[sid]:
+            h.validate(e, "TypedEvent")
+    for sid in sids:  # each stream got exactly the log: nothing twice, nothing skipped
+        frames[sid] += streams[sid].read_until(lambda f: f.event == "session.idled", 10)
+        assert [h.sse_event(f, sid) for f in frames[sid]] == logs[sid], \
+            "stream of %s differs from its log" % sid
+    return logs
+
+
 @pytest.mark.parametrize("mode", ["sync", "write"])
 def test_commit_failing_mid_turn_repairs_the_session_from_its_log(mode):
     srv, disk = start_faulty()
     streams, frames = {}, {}
     try:
         c = srv.client()
-        sids = [c.create_session({"title": "streamed %d" % i})["id"] for i in range(6)]
-        for sid in sids:
-            streams[sid] = h.open_sse(srv, sid)
-        for sid in sids:
-            h.post_message(c, sid, "a slow answer", {"latency_ms": 1500})
-        for sid in sids:  # every turn is streaming
-            frames[sid] = streams[sid].read_until(
-                lambda f: f.event == "output.message.delta", 10)
+        sids = start_streaming_turns(srv, c, 6, 1500, streams, frames)
 
         disk.fail(mode)
         h.wait_for(lambda: disk.hits() >= 1, what="a failed write of the log")
@@ -207,28 +234,14 @@ def test_commit_failing_mid_turn_repairs_the_session_from_its_log(mode):
                 assert "being repaired" in r.json()["detail"], r.json()
         disk.heal()
 
-        logs = {}
+        logs = ended_one_turn(c, sids, streams, frames)
         for sid in sids:
-            logs[sid] = h.wait_turn_end(c, sid, 1, timeout=30)
-            h.check_log(logs[sid], sid)
-            assert h.get_session(c, sid)["status"] == "idle"
-            types = [e["type"] for e in logs[sid]]
-            assert types[-1] == "session.idled", types
-            assert types.count("turn.started") == 1, types
-            assert types[-2] in ("turn.completed", "turn.failed"), types
-            for e in logs[sid]:
-                h.validate(e, "TypedEvent")
+            assert logs[sid][-2]["type"] in ("turn.completed", "turn.failed"), logs[sid][-2]
         repaired = [sid for sid in sids
                     if any(e["type"] == "reason.recovered" for e in logs[sid])]
         assert repaired, "no turn was interrupted by the fault"
         for sid in repaired:
             assert [e["type"] for e in logs[sid]][-2] == "turn.completed"
-
-        # each stream got exactly the log: nothing twice, nothing skipped
-        for sid in sids:
-            frames[sid] += streams[sid].read_until(lambda f: f.event == "session.idled", 10)
-            seen = [h.sse_event(f, sid) for f in frames[sid]]
-            assert seen == logs[sid], "stream of %s differs from its log" % sid
 
         for sid in sids:  # every session takes turns again
             h.post_message(c, sid, "after the fault")
@@ -263,14 +276,7 @@ def test_a_full_write_queue_answers_503_at_once_and_loses_nothing():
     streams, frames = {}, {}
     try:
         c = srv.client()
-        sids = [c.create_session({"title": "streamed %d" % i})["id"] for i in range(4)]
-        for sid in sids:
-            streams[sid] = h.open_sse(srv, sid)
-        for sid in sids:
-            h.post_message(c, sid, "a slow answer", {"latency_ms": 4000})
-        for sid in sids:  # every turn is streaming
-            frames[sid] = streams[sid].read_until(
-                lambda f: f.event == "output.message.delta", 10)
+        sids = start_streaming_turns(srv, c, 4, 4000, streams, frames)
 
         disk.fail("slow")
         h.wait_for(lambda: disk.hits() >= 1, what="a slow sync of the log")
@@ -308,21 +314,9 @@ def test_a_full_write_queue_answers_503_at_once_and_loses_nothing():
         assert h.metric_value(c, "loopd_store_writes_refused_total") > refused[0]
         disk.heal()
 
-        logs = {}
-        for sid in sids:
-            logs[sid] = h.wait_turn_end(c, sid, 1, timeout=30)
-            h.check_log(logs[sid], sid)
-            assert h.get_session(c, sid)["status"] == "idle"
-            types = [e["type"] for e in logs[sid]]
-            assert types[-1] == "session.idled", types
-            assert types.count("turn.started") == 1, types
-            for e in logs[sid]:
-                h.validate(e, "TypedEvent")
+        logs = ended_one_turn(c, sids, streams, frames)
         assert any(e["type"] == "reason.recovered" for sid in sids for e in logs[sid]), \
             "no turn was stopped by the full queue"
-        for sid in sids:  # each stream got exactly the log
-            frames[sid] += streams[sid].read_until(lambda f: f.event == "session.idled", 10)
-            assert [h.sse_event(f, sid) for f in frames[sid]] == logs[sid], sid
 
         ids, total = listed_ids(c)
         assert ids == made | set(sids) and total == len(made) + len(sids)
