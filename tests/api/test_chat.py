@@ -1,7 +1,9 @@
 """POST /v1/sessions/chat: the per-user global chat singleton."""
 import json
+import re
 import threading
 
+import pytest
 
 from conftest import HARNESS_CHAT, UUID_RE, assert_problem, expect, validate
 
@@ -144,3 +146,87 @@ def test_chat_is_per_user_not_per_key(fresh_server):
     s1 = chat(srv.client())
     s2 = chat(srv.client(key=info["key"]))
     assert s1["id"] == s2["id"]
+
+
+def test_upgrade_moves_the_singleton_key_to_a_partial_index(fresh_server):
+    """Schema 11 rebuilds the sessions table so that only chat sessions have
+    an entry for their singleton key.  A schema-10 database (the key a
+    UNIQUE column) upgrades at start with a log line and keeps every
+    session as it was, the chat singleton stays one per user, and the
+    rebuilt table's indexes and triggers all work: pins, deletes with their
+    events, counts."""
+    import os
+    import sqlite3
+    from conftest import post_message, wait_turn_end
+    srv = fresh_server()
+    c = srv.client()
+    the_chat = chat(c)
+    a = c.create_agent("upgrade-agent")
+    plain = [c.create_session({"title": "plain %d" % i, "tags": ["t%d" % i]}) for i in range(3)]
+    with_agent = c.create_session({"agent_id": a["id"]})
+    expect(c.put("/v1/sessions/%s/pin" % plain[0]["id"]), 204)
+    post_message(c, plain[1]["id"], "before the upgrade")
+    wait_turn_end(c, plain[1]["id"], 1)
+    ids = [the_chat["id"], with_agent["id"]] + [s["id"] for s in plain]
+    before = {sid: expect(c.get("/v1/sessions/" + sid), 200).json() for sid in ids}
+    listed = expect(c.get("/v1/sessions", params={"limit": 100}), 200).json()["data"]
+    stats = expect(c.get("/v1/sessions/stats"), 200).json()
+    old_base = srv.base
+    srv.stop_clean()
+
+    # the sessions table as schema 10 had it: singleton_key UNIQUE
+    path = os.path.join(srv.data_dir, "loopd.db")
+    db = sqlite3.connect(path)
+    table = db.execute("SELECT sql FROM sqlite_schema WHERE name = 'sessions'").fetchone()[0]
+    assert "singleton_key TEXT," in table, table
+    others = [r[0] for r in db.execute(
+        "SELECT sql FROM sqlite_schema WHERE tbl_name = 'sessions' AND type IN ('index', 'trigger')"
+        " AND sql IS NOT NULL AND name <> 'sessions_singleton'")]
+    db.executescript(
+        re.sub(r'^CREATE TABLE "?sessions"?\(', "CREATE TABLE s10(", table)
+             .replace("singleton_key TEXT,", "singleton_key TEXT UNIQUE,", 1) + ";"
+        " INSERT INTO s10 SELECT * FROM sessions; DROP TABLE sessions;"
+        " ALTER TABLE s10 RENAME TO sessions; " + "; ".join(others) + ";"
+        " PRAGMA user_version = 10;")
+    assert db.execute("SELECT count(*) FROM pragma_index_list('sessions') WHERE origin = 'u'").fetchone()[0] == 2
+    db.close()
+
+    srv.start()
+    c = srv.client()
+    assert "migrating the database schema" in srv.stderr_tail()
+
+    def same(x):  # the bodies' URLs name the address the server listens on
+        return json.loads(json.dumps(x).replace(old_base, srv.base))
+    assert {sid: expect(c.get("/v1/sessions/" + sid), 200).json() for sid in ids} == same(before)
+    assert expect(c.get("/v1/sessions", params={"limit": 100}), 200).json()["data"] == same(listed)
+    assert expect(c.get("/v1/sessions/stats"), 200).json() == stats
+    assert chat(c)["id"] == the_chat["id"]
+    # the triggers of the rebuilt table: a delete takes its events and pin
+    # along and the counts follow; a new session counts too
+    expect(c.delete("/v1/sessions/" + plain[1]["id"]), 204)
+    expect(c.delete("/v1/sessions/" + plain[0]["id"]), 204)
+    c.create_session()
+    assert expect(c.get("/v1/sessions/stats"), 200).json()["total"] == stats["total"] - 1
+    h = expect(c.get("/v1/harnesses/" + HARNESS_CHAT), 200).json()
+    assert h["session_count"] == 1
+    srv.stop_clean()
+
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] >= 11
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    # one unique index left from a constraint (id); the key's is partial and
+    # holds the chat session only
+    assert db.execute("SELECT count(*) FROM pragma_index_list('sessions') WHERE origin = 'u'").fetchone()[0] == 1
+    assert db.execute("SELECT partial FROM pragma_index_list('sessions')"
+                      " WHERE name = 'sessions_singleton'").fetchone()[0] == 1
+    plan = " ".join(r[3] for r in db.execute(
+        "EXPLAIN QUERY PLAN SELECT 1 FROM sessions WHERE singleton_key = ?", ("x",)))
+    assert "sessions_singleton" in plan, plan
+    key = db.execute("SELECT singleton_key FROM sessions WHERE id = ?", (the_chat["id"],)).fetchone()[0]
+    assert key
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        db.execute("UPDATE sessions SET singleton_key = ? WHERE id = ?", (key, with_agent["id"]))
+    for table in ("events", "pins"):
+        assert db.execute("SELECT count(*) FROM %s WHERE session_id IN (?, ?)" % table,
+                          (plain[0]["id"], plain[1]["id"])).fetchone()[0] == 0
+    db.close()
