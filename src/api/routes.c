@@ -83,6 +83,7 @@ int route_match(int method, const char *path, struct arena *a, const char **para
             hit = -1;
         }
         if (np[i] == best && routes[i].method == method && hit < 0) hit = i;
+        if (best == 0 && hit >= 0) break; /* no route can match better */
     }
     if (best == 99) return -1;
     if (hit >= 0) {

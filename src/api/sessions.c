@@ -19,7 +19,19 @@
 
 static void etag_of(int64_t version, char out[32])
 {
-    snprintf(out, 32, "\"%lld\"", (long long)version);
+    /* by hand: snprintf was a tenth of what a create's answer costs */
+    char digits[24];
+    int n = 0;
+    uint64_t v = version < 0 ? 0 : (uint64_t)version;
+    do
+        digits[n++] = (char)('0' + v % 10);
+    while ((v /= 10) && n < (int)sizeof(digits));
+    char *o = out;
+    *o++ = '"';
+    while (n)
+        *o++ = digits[--n];
+    *o++ = '"';
+    *o = 0;
 }
 
 /* answers kept while nothing has been written (replycache.c): single
@@ -60,9 +72,15 @@ static void created_done(struct store_op *op)
         char etag[32];
         etag_of(1, etag);
         struct reply_header h[2] = {{"ETag", etag}, {"Location", NULL}};
-        char loc[200];
-        snprintf(loc, sizeof(loc), "%s/v1/sessions/%s", req_base_url(r), op->session->id);
-        h[1].value = loc;
+        char loc[400];
+        const char *base = req_base_url(r);
+        size_t bl = strlen(base), il = strlen(op->session->id);
+        if (bl + 13 + il < sizeof(loc)) { /* "/v1/sessions/" */
+            memcpy(loc, base, bl);
+            memcpy(loc + bl, "/v1/sessions/", 13);
+            memcpy(loc + bl + 13, op->session->id, il + 1);
+            h[1].value = loc;
+        }
         struct buf b;
         buf_init(&b, LD_MAX_RESPONSE);
         buf_reserve(&b, LD_SESSION_RENDER_HINT);

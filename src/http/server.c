@@ -288,9 +288,13 @@ void server_metrics_render(struct server *s, struct buf *o)
 
 static const char *kv_find(const struct req_kv *kv, int n, const char *name, int nocase)
 {
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
+        /* a first byte that differs even in case rules the call out (a
+         * request asks for 4-5 headers, each compared with all it sent) */
+        if ((kv[i].name[0] | 0x20) != (name[0] | 0x20)) continue;
         if (nocase ? strcasecmp(kv[i].name, name) == 0 : strcmp(kv[i].name, name) == 0)
             return kv[i].value;
+    }
     return NULL;
 }
 
@@ -1069,18 +1073,20 @@ static int parse_head(struct hconn *c, size_t hlen)
         r->hdrs[r->nhdrs].name = name;
         r->hdrs[r->nhdrs].value = value;
         r->nhdrs++;
-        if (strcasecmp(name, "Content-Length") == 0) {
+        /* by length first: most headers are none of these four */
+        size_t nl = (size_t)(colon - p);
+        if (nl == 14 && strcasecmp(name, "Content-Length") == 0) {
             if (cl && strcmp(cl, value) != 0) cl_conflict = 1;
             cl = value;
-        } else if (strcasecmp(name, "Transfer-Encoding") == 0) {
+        } else if (nl == 17 && strcasecmp(name, "Transfer-Encoding") == 0) {
             if (te) {
                 fail(c, LD_E_NOT_IMPLEMENTED, "Only one Transfer-Encoding, chunked, is supported");
                 return -1;
             }
             te = value;
-        } else if (strcasecmp(name, "Expect") == 0) {
+        } else if (nl == 6 && strcasecmp(name, "Expect") == 0) {
             expect = value;
-        } else if (strcasecmp(name, "Connection") == 0) {
+        } else if (nl == 10 && strcasecmp(name, "Connection") == 0) {
             conn = value;
         }
         p = le + 2;
