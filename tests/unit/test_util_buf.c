@@ -576,6 +576,54 @@ static void test_jw_ktime(void **state)
     buf_free(&b);
 }
 
+/* Members with nothing to escape are written in one copy, the others
+ * through the escaping path: the bytes are the same either way, commas
+ * included, whatever the lengths around the 8-byte steps. */
+static void test_jw_kstr_plain_and_escaped(void **state)
+{
+    struct buf b;
+    struct jw w;
+    buf_init(&b, 4096);
+    jw_init(&w, &b);
+    jw_obj(&w);
+    jw_kstr(&w, "id", "session_0123456789abcdef0123456789abcdef");
+    jw_kstr(&w, "t", "tab\there");
+    jw_kstr(&w, "eight_ch", "12345678");
+    jw_kstr(&w, "q", "ends with a quote\"");
+    jw_kstr(&w, "", "");
+    jw_kstr(&w, "k\\", "v");
+    jw_kstr(&w, "u", "\xc3\xa9t\xc3\xa9");
+    jw_end(&w);
+    assert_string_equal(b.data, "{\"id\":\"session_0123456789abcdef0123456789abcdef\","
+                                "\"t\":\"tab\\there\",\"eight_ch\":\"12345678\","
+                                "\"q\":\"ends with a quote\\\"\",\"\":\"\",\"k\\\\\":\"v\","
+                                "\"u\":\"\xc3\xa9t\xc3\xa9\"}");
+    buf_free(&b);
+}
+
+/* One copy or not, a member that does not fit sets overflow and leaves
+ * the buffer no longer than its cap; one that fits exactly is written. */
+static void test_jw_kstr_at_the_cap(void **state)
+{
+    struct buf b;
+    struct jw w;
+    buf_init(&b, 10); /* {"k":"vv" is 9 bytes, the closing brace the 10th */
+    jw_init(&w, &b);
+    jw_obj(&w);
+    jw_kstr(&w, "k", "vv");
+    jw_end(&w);
+    assert_int_equal(b.overflow, 0);
+    assert_string_equal(b.data, "{\"k\":\"vv\"}");
+    buf_free(&b);
+    buf_init(&b, 9);
+    jw_init(&w, &b);
+    jw_obj(&w);
+    jw_kstr(&w, "k", "vvv");
+    assert_int_equal(b.overflow, 1);
+    assert_true(b.len <= 9);
+    buf_free(&b);
+}
+
 /* A writer on a small buffer reports overflow instead of writing past it. */
 static void test_jw_overflow(void **state)
 {
@@ -616,6 +664,8 @@ int main(void)
         cmocka_unit_test(test_jw_keys_escaped),
         cmocka_unit_test(test_jw_ktime),
         cmocka_unit_test(test_jw_overflow),
+        cmocka_unit_test(test_jw_kstr_plain_and_escaped),
+        cmocka_unit_test(test_jw_kstr_at_the_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
