@@ -7,14 +7,19 @@
 #include <stdio.h>
 #include <string.h>
 
-/* allowed_actions entries: everything but the href is constant text */
+/* allowed_actions entries: everything but the href is constant text,
+ * kept with its length (six of them in every session body) */
+#define ACTION_HEAD(REL, METHOD, OP)                                                               \
+    "{\"rel\":\"" REL "\",\"method\":\"" METHOD "\",\"operation_id\":\"" OP "\",\"href\":\""
+#define ACTION_TAIL(HINT, TAIL) "\",\"hint\":\"" HINT "\"" TAIL "}"
 #define ACTION(REL, METHOD, OP, HINT, TAIL)                                                        \
     {                                                                                              \
-        "{\"rel\":\"" REL "\",\"method\":\"" METHOD "\",\"operation_id\":\"" OP "\",\"href\":\"",  \
-            "\",\"hint\":\"" HINT "\"" TAIL "}"                                                    \
+        ACTION_HEAD(REL, METHOD, OP), ACTION_TAIL(HINT, TAIL),                                     \
+            sizeof(ACTION_HEAD(REL, METHOD, OP)) - 1, sizeof(ACTION_TAIL(HINT, TAIL)) - 1          \
     }
 struct action {
     const char *head, *tail;
+    size_t hlen, tlen;
 };
 static const struct action A_SELF =
     ACTION("self", "GET", "get_session", "Fetch the latest representation of this session.", "");
@@ -37,10 +42,10 @@ static void action(struct buf *b, const struct action *a, const char *self, size
                    const char *suffix, int first)
 {
     if (!first) buf_putc(b, ',');
-    buf_puts(b, a->head);
+    buf_add(b, a->head, a->hlen);
     buf_add(b, self, n);
     buf_puts(b, suffix);
-    buf_puts(b, a->tail);
+    buf_add(b, a->tail, a->tlen);
 }
 
 /* "key":"<base><mid><id><end>" with no escaping: every part is ours */
