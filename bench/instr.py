@@ -127,20 +127,24 @@ class Loopd:
         return total, by
 
 
-def post_seq(tmp):
-    s = Loopd(tmp, "post_seq")
+def one_at_a_time(s, method, path, body, status):
+    """200 requests to warm up, then N_SEQ counted, on one connection"""
     c = http.client.HTTPConnection(HOST, s.port, timeout=120)
     for _ in range(200):
-        s.request("POST", "/v1/sessions", BODY, c)
+        s.request(method, path, body, c)
     s.instrument(True)
     for _ in range(N_SEQ):
-        st, _ = s.request("POST", "/v1/sessions", BODY, c)
-        if st != 201:
-            sys.exit("instr.py: POST answered %d" % st)
+        st, _ = s.request(method, path, body, c)
+        if st != status:
+            sys.exit("instr.py: %s %s answered %d" % (method, path, st))
     s.instrument(False)
     s.stop()
     total, _ = s.counts()
     return {"per_request": total // N_SEQ, "requests": N_SEQ}
+
+
+def post_seq(tmp):
+    return one_at_a_time(Loopd(tmp, "post_seq"), "POST", "/v1/sessions", BODY, 201)
 
 
 def post_load(tmp):
@@ -170,20 +174,8 @@ def post_load(tmp):
 
 def get_seq(tmp):
     s = Loopd(tmp, "get_seq", "--reply-cache", "off")
-    st, body = s.request("POST", "/v1/sessions", BODY)
-    path = "/v1/sessions/" + json.loads(body)["id"]
-    c = http.client.HTTPConnection(HOST, s.port, timeout=120)
-    for _ in range(200):
-        s.request("GET", path, None, c)
-    s.instrument(True)
-    for _ in range(N_SEQ):
-        st, _ = s.request("GET", path, None, c)
-        if st != 200:
-            sys.exit("instr.py: GET answered %d" % st)
-    s.instrument(False)
-    s.stop()
-    total, _ = s.counts()
-    return {"per_request": total // N_SEQ, "requests": N_SEQ}
+    _, body = s.request("POST", "/v1/sessions", BODY)
+    return one_at_a_time(s, "GET", "/v1/sessions/" + json.loads(body)["id"], None, 200)
 
 
 def main():
