@@ -30,12 +30,14 @@ def free_port():
     return p
 
 
-def start(data_dir, key, port):
+def start(data_dir, key, port, timeout=15, wait=True, level="warn"):
     env = dict(os.environ, LOOPD_BOOTSTRAP_KEY=key)
     log = open(os.path.join(data_dir, "stderr.log"), "ab")
     p = subprocess.Popen([BIN, "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
-                          "--log-level", "warn"], env=env, stdout=log, stderr=log)
-    deadline = time.monotonic() + 15
+                          "--log-level", level], env=env, stdout=log, stderr=log)
+    if not wait:
+        return p
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert p.poll() is None, "loopd exited during start"
         try:
@@ -125,3 +127,85 @@ def test_kill9_under_load_loses_no_acknowledged_write():
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0
+
+
+def test_kill9_during_a_schema_migration_loses_nothing():
+    """A migration runs in one transaction: killed in the middle of schema
+    11's rebuild of a big sessions table, the database is the schema-10 one
+    it was, whole, and the next start migrates it with every session as it
+    was and the chat singleton still one."""
+    import json
+    import re
+    import sqlite3
+    key = "evr_pat_" + secrets.token_hex(24)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as d:
+        proc = start(d, key, port)
+        s = requests.Session()
+        s.headers["Authorization"] = key
+        chat = s.post(base + "/v1/sessions/chat", timeout=5).json()["id"]
+        ids = [s.post(base + "/v1/sessions", json={"title": "kept %d" % i}, timeout=5).json()["id"]
+               for i in range(3)]
+        assert s.put(base + f"/v1/sessions/{ids[0]}/pin", timeout=5).status_code == 204
+        before = {sid: s.get(base + f"/v1/sessions/{sid}", timeout=5).json() for sid in [chat] + ids}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+        # schema 10's table (singleton_key UNIQUE) holding 200,000 more sessions
+        n_more = 200000
+        path = os.path.join(d, "loopd.db")
+        db = sqlite3.connect(path)
+        table = db.execute("SELECT sql FROM sqlite_schema WHERE name = 'sessions'").fetchone()[0]
+        others = [r[0] for r in db.execute(
+            "SELECT sql FROM sqlite_schema WHERE tbl_name = 'sessions' AND type IN ('index', 'trigger')"
+            " AND sql IS NOT NULL AND name <> 'sessions_singleton'")]
+        db.executescript(
+            re.sub(r'^CREATE TABLE "?sessions"?\(', "CREATE TABLE s10(", table)
+              .replace("singleton_key TEXT,", "singleton_key TEXT UNIQUE,", 1) + ";"
+            " INSERT INTO s10 SELECT * FROM sessions; DROP TABLE sessions;"
+            " ALTER TABLE s10 RENAME TO sessions; " + "; ".join(others) + ";"
+            " WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < %d)"
+            " INSERT INTO sessions(id, org_id, workspace_id, harness_id, owner_principal_id,"
+            "   owner_user_id, model_id, title, tags, extra, features, status, source, created_at,"
+            "   updated_at, last_activity_at)"
+            " SELECT printf('session_%%032x', i), org_id, printf('wsp_%%032x', i), harness_id,"
+            "   owner_principal_id, owner_user_id, model_id, 'bulk', tags, extra, features, status,"
+            "   source, created_at - i, created_at - i, created_at - i FROM n,"
+            "   (SELECT * FROM sessions WHERE id = '%s');"
+            " UPDATE session_counts SET n = n + %d WHERE status = 0;"
+            " PRAGMA user_version = 10;" % (n_more, ids[1], n_more))
+        db.close()
+
+        proc = start(d, key, port, wait=False, level="info")  # the migration's log line
+        log = os.path.join(d, "stderr.log")
+        deadline = time.monotonic() + 30
+        while "migrating the database schema" not in open(log).read():
+            assert proc.poll() is None and time.monotonic() < deadline, open(log).read()[-2000:]
+            time.sleep(0.005)  # polling the log for the line, bounded by the deadline
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        db = sqlite3.connect(path)
+        # the kill landed mid-migration: nothing of it stayed
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 10, open(log).read()[-2000:]
+        assert db.execute("SELECT count(*) FROM sessions").fetchone()[0] == n_more + 4
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        db.close()
+
+        proc = start(d, key, port, timeout=120, level="info")
+        try:
+            assert "database schema migrated" in open(log).read()
+            old_base = before[chat]["self_url"].split("/v1/")[0]
+            for sid, body in before.items():
+                got = s.get(base + f"/v1/sessions/{sid}", timeout=5).json()
+                assert got == json.loads(json.dumps(body).replace(old_base, base))
+            assert s.get(base + "/v1/sessions", timeout=30).json()["total"] == n_more + 4
+            assert s.get(base + "/v1/sessions/stats", timeout=5).json()["total"] == n_more + 4
+            assert s.post(base + "/v1/sessions/chat", timeout=5).json()["id"] == chat
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+        db = sqlite3.connect(path)
+        assert db.execute("PRAGMA user_version").fetchone()[0] >= 11
+        assert db.execute("SELECT count(*) FROM sessions WHERE singleton_key IS NOT NULL").fetchone()[0] == 1
+        db.close()
