@@ -601,6 +601,39 @@ static void test_jw_kstr_plain_and_escaped(void **state)
     buf_free(&b);
 }
 
+/* Whatever the length (around the 8- and 16-byte steps) and wherever a
+ * byte that needs escaping sits, jw_kstr writes what the escaping path
+ * writes: buf_json_str's string after the key. */
+static void test_jw_kstr_every_length_and_position(void **state)
+{
+    static const unsigned char odd[] = {'"', '\\', '\n', 0x01, 0x1f, 0x20, 0x7f, 0x80, 0xff};
+    char s[48];
+    for (size_t n = 0; n < sizeof(s); n++) {
+        for (size_t pos = 0; pos <= n; pos++) {
+            for (size_t k = 0; k < sizeof(odd); k++) {
+                memset(s, 'a', n);
+                s[n] = 0;
+                if (pos < n) s[pos] = (char)odd[k];
+                struct buf got, want;
+                struct jw w;
+                buf_init(&got, 4096);
+                buf_init(&want, 4096);
+                jw_init(&w, &got);
+                jw_obj(&w);
+                jw_kstr(&w, "k", s);
+                jw_end(&w);
+                buf_puts(&want, "{\"k\":");
+                buf_json_strn(&want, s, n);
+                buf_putc(&want, '}');
+                assert_string_equal(got.data, want.data);
+                buf_free(&got);
+                buf_free(&want);
+                if (pos == n) break; /* no odd byte: one case is enough */
+            }
+        }
+    }
+}
+
 /* One copy or not, a member that does not fit sets overflow and leaves
  * the buffer no longer than its cap; one that fits exactly is written. */
 static void test_jw_kstr_at_the_cap(void **state)
@@ -666,6 +699,7 @@ int main(void)
         cmocka_unit_test(test_jw_overflow),
         cmocka_unit_test(test_jw_kstr_plain_and_escaped),
         cmocka_unit_test(test_jw_kstr_at_the_cap),
+        cmocka_unit_test(test_jw_kstr_every_length_and_position),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
