@@ -46,6 +46,22 @@ SCHEMA8_INSERT_TRIGGERS = (
     " END;")
 GENERIC_FEATURES = {"file_system", "secrets", "key_value"}
 
+
+def schema10_sessions_sql(db):
+    """SQL that turns an open database's sessions table back into schema
+    10's (singleton_key a UNIQUE column, no partial sessions_singleton
+    index), its rows, other indexes and triggers kept.  Ends with ';'."""
+    import re
+    table = db.execute("SELECT sql FROM sqlite_schema WHERE name = 'sessions'").fetchone()[0]
+    assert "singleton_key TEXT," in table, table
+    others = [r[0] for r in db.execute(
+        "SELECT sql FROM sqlite_schema WHERE tbl_name = 'sessions' AND type IN ('index', 'trigger')"
+        " AND sql IS NOT NULL AND name <> 'sessions_singleton'")]
+    return (re.sub(r'^CREATE TABLE "?sessions"?\(', "CREATE TABLE s10(", table)
+              .replace("singleton_key TEXT,", "singleton_key TEXT UNIQUE,", 1) + ";"
+            " INSERT INTO s10 SELECT * FROM sessions; DROP TABLE sessions;"
+            " ALTER TABLE s10 RENAME TO sessions; " + "; ".join(others) + ";")
+
 # The deadline passed as --request-timeout to servers started by the suite.
 REQUEST_TIMEOUT = 2
 STARTUP_DEADLINE = 10.0

@@ -1,6 +1,5 @@
 """POST /v1/sessions/chat: the per-user global chat singleton."""
 import json
-import re
 import threading
 
 import pytest
@@ -157,7 +156,7 @@ def test_upgrade_moves_the_singleton_key_to_a_partial_index(fresh_server):
     events, counts."""
     import os
     import sqlite3
-    from conftest import post_message, wait_turn_end
+    from conftest import post_message, schema10_sessions_sql, wait_turn_end
     srv = fresh_server()
     c = srv.client()
     the_chat = chat(c)
@@ -177,16 +176,7 @@ def test_upgrade_moves_the_singleton_key_to_a_partial_index(fresh_server):
     # the sessions table as schema 10 had it: singleton_key UNIQUE
     path = os.path.join(srv.data_dir, "loopd.db")
     db = sqlite3.connect(path)
-    table = db.execute("SELECT sql FROM sqlite_schema WHERE name = 'sessions'").fetchone()[0]
-    assert "singleton_key TEXT," in table, table
-    others = [r[0] for r in db.execute(
-        "SELECT sql FROM sqlite_schema WHERE tbl_name = 'sessions' AND type IN ('index', 'trigger')"
-        " AND sql IS NOT NULL AND name <> 'sessions_singleton'")]
-    db.executescript(
-        re.sub(r'^CREATE TABLE "?sessions"?\(', "CREATE TABLE s10(", table)
-             .replace("singleton_key TEXT,", "singleton_key TEXT UNIQUE,", 1) + ";"
-        " INSERT INTO s10 SELECT * FROM sessions; DROP TABLE sessions;"
-        " ALTER TABLE s10 RENAME TO sessions; " + "; ".join(others) + ";"
+    db.executescript(schema10_sessions_sql(db) +
         " PRAGMA user_version = 10;")
     assert db.execute("SELECT count(*) FROM pragma_index_list('sessions') WHERE origin = 'u'").fetchone()[0] == 2
     db.close()

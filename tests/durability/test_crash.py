@@ -7,6 +7,7 @@ acknowledged create must be there, and every session's title must be its
 last acknowledged value (or the value of the one patch that was still in
 flight, unacknowledged, when the server died).
 """
+import importlib.util
 import os
 import secrets
 import signal
@@ -20,6 +21,10 @@ import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("LOOPD_BIN", os.path.join(ROOT, "build", "loopd"))
+_spec = importlib.util.spec_from_file_location(
+    "loopd_api_helpers", os.path.join(ROOT, "tests", "api", "conftest.py"))
+h = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(h)
 
 
 def free_port():
@@ -135,7 +140,6 @@ def test_kill9_during_a_schema_migration_loses_nothing():
     it was, whole, and the next start migrates it with every session as it
     was and the chat singleton still one."""
     import json
-    import re
     import sqlite3
     key = "evr_pat_" + secrets.token_hex(24)
     port = free_port()
@@ -156,15 +160,8 @@ def test_kill9_during_a_schema_migration_loses_nothing():
         n_more = 200000
         path = os.path.join(d, "loopd.db")
         db = sqlite3.connect(path)
-        table = db.execute("SELECT sql FROM sqlite_schema WHERE name = 'sessions'").fetchone()[0]
-        others = [r[0] for r in db.execute(
-            "SELECT sql FROM sqlite_schema WHERE tbl_name = 'sessions' AND type IN ('index', 'trigger')"
-            " AND sql IS NOT NULL AND name <> 'sessions_singleton'")]
         db.executescript(
-            re.sub(r'^CREATE TABLE "?sessions"?\(', "CREATE TABLE s10(", table)
-              .replace("singleton_key TEXT,", "singleton_key TEXT UNIQUE,", 1) + ";"
-            " INSERT INTO s10 SELECT * FROM sessions; DROP TABLE sessions;"
-            " ALTER TABLE s10 RENAME TO sessions; " + "; ".join(others) + ";"
+            h.schema10_sessions_sql(db) +
             " WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < %d)"
             " INSERT INTO sessions(id, org_id, workspace_id, harness_id, owner_principal_id,"
             "   owner_user_id, model_id, title, tags, extra, features, status, source, created_at,"
