@@ -121,6 +121,8 @@ void idem_replay_after_conflict(struct req *r, struct idem_rec *idem);
 
 /* rendering */
 void render_session(struct req *r, struct jw *w, const struct session_rec *s);
+/* <base URL>/v1/sessions/<id> into out; its length, 0 (out "") if it does not fit */
+size_t session_url(struct req *r, const char *id, char *out, size_t size);
 void render_agent(struct req *r, struct jw *w, const struct agent_rec *a, int with_counts);
 void render_harness(struct req *r, struct jw *w, const struct harness_rec *h);
 /* answers with the op's error as a problem */

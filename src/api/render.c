@@ -61,6 +61,20 @@ static void kurl(struct jw *w, const char *key, const char *base, const char *mi
     buf_putc(w->b, '"');
 }
 
+size_t session_url(struct req *r, const char *id, char *out, size_t size)
+{
+    const char *base = req_base_url(r);
+    size_t bl = strlen(base), il = strlen(id);
+    if (bl + 13 + il >= size) { /* "/v1/sessions/"; cannot happen: both are bounded */
+        if (size) out[0] = 0;
+        return 0;
+    }
+    memcpy(out, base, bl);
+    memcpy(out + bl, "/v1/sessions/", 13);
+    memcpy(out + bl + 13, id, il + 1);
+    return bl + 13 + il;
+}
+
 void render_session(struct req *r, struct jw *w, const struct session_rec *s)
 {
     const char *base = req_base_url(r);
@@ -102,13 +116,7 @@ void render_session(struct req *r, struct jw *w, const struct session_rec *s)
     kurl(w, "view_url", base, "/sessions/", s->id, "/chat");
     kurl(w, "ui_link", base, "/sessions/", s->id, "/chat");
     char self[400];
-    size_t bl = strlen(base), il = strlen(s->id), sl = 0;
-    if (bl + 13 + il < sizeof(self)) { /* "/v1/sessions/" */
-        memcpy(self, base, bl);
-        memcpy(self + bl, "/v1/sessions/", 13);
-        memcpy(self + bl + 13, s->id, il);
-        sl = bl + 13 + il;
-    }
+    size_t sl = session_url(r, s->id, self, sizeof(self));
     jw_key(w, "allowed_actions");
     jw_raw(w, "[");
     struct buf *o = w->b;

@@ -73,14 +73,7 @@ static void created_done(struct store_op *op)
         etag_of(1, etag);
         struct reply_header h[2] = {{"ETag", etag}, {"Location", NULL}};
         char loc[400];
-        const char *base = req_base_url(r);
-        size_t bl = strlen(base), il = strlen(op->session->id);
-        if (bl + 13 + il < sizeof(loc)) { /* "/v1/sessions/" */
-            memcpy(loc, base, bl);
-            memcpy(loc + bl, "/v1/sessions/", 13);
-            memcpy(loc + bl + 13, op->session->id, il + 1);
-            h[1].value = loc;
-        }
+        if (session_url(r, op->session->id, loc, sizeof(loc))) h[1].value = loc;
         struct buf b;
         buf_init(&b, LD_MAX_RESPONSE);
         buf_reserve(&b, LD_SESSION_RENDER_HINT);
