@@ -1268,6 +1268,15 @@ static int take_body(struct hconn *c)
     }
 }
 
+/* The first "\r\n\r\n" in the n bytes at p, or NULL: found from the line
+ * ends memchr finds (glibc's memmem cost ~850 instructions per request). */
+static char *head_end(char *p, size_t n)
+{
+    for (char *q = p, *end = p + n; (q = memchr(q, '\n', (size_t)(end - q))); q++)
+        if (q - p >= 3 && q[-1] == '\r' && q[-2] == '\n' && q[-3] == '\r') return q - 3;
+    return NULL;
+}
+
 /* Runs the state machine over what `in` holds. */
 static void process(struct hconn *c)
 {
@@ -1282,7 +1291,7 @@ static void process(struct hconn *c)
                 if (d < c->deadline) c->deadline = d;
                 c->state = CS_NEW;
             }
-            char *he = memmem(c->in, c->in_len, "\r\n\r\n", 4);
+            char *he = head_end(c->in, c->in_len);
             if (!he) {
                 const char *eol = memchr(c->in, '\n', c->in_len);
                 if (!eol && c->in_len > MAX_REQUEST_LINE + 64)
