@@ -113,6 +113,38 @@ static void test_features_bad_input(void **state)
     assert_string_equal(s, "[\"file_system\",\"key_value\"]");
 }
 
+/* Lists alike in length and in their first and last 32 bytes (what picks
+ * the cache's slot), not in the middle: each gets its own features, in
+ * either order. */
+static void test_features_lists_alike_at_both_ends(void **state)
+{
+    const char *a =
+        "[{\"ref\":\"web_fetch\"},{\"ref\":\"current_time\"},{\"ref\":\"session_schedule\"},"
+        "{\"ref\":\"web_fetch\"},{\"ref\":\"current_time\"}]";
+    const char *b =
+        "[{\"ref\":\"web_fetch\"},{\"ref\":\"current_time\"},{\"ref\":\"docker_container\"},"
+        "{\"ref\":\"web_fetch\"},{\"ref\":\"current_time\"}]";
+    size_t n = strlen(a);
+    assert_int_equal(strlen(b), n);
+    assert_memory_equal(a, b, 32);
+    assert_memory_equal(a + n - 32, b + n - 32, 32);
+    for (int round = 0; round < 2; round++) {
+        unsigned sa = 0, sb = 0;
+        if (round == 0) {
+            features_add(a, &sa);
+            features_add(b, &sb);
+        } else {
+            features_add(b, &sb);
+            features_add(a, &sa);
+        }
+        char s[256];
+        features_text(sa, s, sizeof(s));
+        assert_string_equal(s, "[\"schedules\"]");
+        features_text(sb, s, sizeof(s));
+        assert_string_equal(s, "[\"leased_resources\"]");
+    }
+}
+
 static void test_capability_known(void **state)
 {
     assert_true(capability_known("session_file_system"));
@@ -189,6 +221,7 @@ int main(void)
         cmocka_unit_test(test_features_accumulate_without_duplicates),
         cmocka_unit_test(test_features_order_and_mapping),
         cmocka_unit_test(test_features_bad_input),
+        cmocka_unit_test(test_features_lists_alike_at_both_ends),
         cmocka_unit_test(test_capability_known),
         cmocka_unit_test(test_builtin_harnesses_consistent),
         cmocka_unit_test(test_models),
