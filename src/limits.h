@@ -75,8 +75,9 @@
  * of them at most, so 8 MiB at worst; a typical session renders to 2.2 KB */
 #define LD_GET_CACHE_BODY_MAX (8u * 1024)
 /* room reserved for a session's JSON before it is rendered: one allocation
- * instead of four doublings from 256 bytes (a session renders to ~2.2 KB) */
-#define LD_SESSION_RENDER_HINT 4096u
+ * instead of four doublings from 256 bytes (a session renders to ~2.2 KB);
+ * with the NUL the buffer holds, one 4 KiB block (4,096 made it 8 KiB) */
+#define LD_SESSION_RENDER_HINT 4095u
 /* and list pages up to this size, 64 of them: 16 MiB at worst (a page of
  * 20 sessions is 86 KB) */
 #define LD_LIST_CACHE_BODY_MAX (256u * 1024)

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "limits.h"
 #include "util/buf.h"
 #include "util/timeutil.h"
 #include <jansson.h>
@@ -112,6 +113,21 @@ static void test_grow_large(void **state)
     for (size_t i = 0; i < b.len; i++)
         assert_int_equal(b.data[i], '0' + (char)(i % 10));
     assert_int_equal(b.data[b.len], '\0');
+    buf_free(&b);
+}
+
+/* Reserving the room a session's JSON is given takes one 4 KiB block, and
+ * a rendered session (~2.2 KB) fits in it without another allocation. */
+static void test_reserve_session_hint(void **state)
+{
+    struct buf b;
+    buf_init(&b, 1 << 20);
+    assert_int_equal(buf_reserve(&b, LD_SESSION_RENDER_HINT), 0);
+    assert_int_equal(b.alloc, 4096);
+    char *first = b.data;
+    for (int i = 0; i < 250; i++)
+        assert_int_equal(buf_puts(&b, "0123456789"), 0);
+    assert_ptr_equal(b.data, first);
     buf_free(&b);
 }
 
@@ -679,6 +695,7 @@ int main(void)
         cmocka_unit_test(test_cap_overflow_sticky),
         cmocka_unit_test(test_cap_exact_fit),
         cmocka_unit_test(test_grow_large),
+        cmocka_unit_test(test_reserve_session_hint),
         cmocka_unit_test(test_printf),
         cmocka_unit_test(test_take),
         cmocka_unit_test(test_i64),
