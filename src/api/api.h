@@ -71,10 +71,9 @@ typedef int (*list_again_fn)(struct req *r, struct jw *w, const char *id, struct
 struct rc_entry {
     char key[RC_KEY_MAX], org_id[ID_MAX];
     char user_id[sizeof(((struct principal *)0)->user_id)];
-    char etag[32]; /* "" for none; as etag_of writes it */
-    uint64_t gen;  /* store_write_generation when kept */
-    char *body;
-    size_t len;
+    char etag[32];        /* "" for none; as etag_of writes it */
+    uint64_t gen;         /* store_write_generation when kept */
+    struct rc_body *body; /* shared with the answers being sent from it */
 };
 struct replycache {
     int nslots;            /* a power of two */

@@ -10,6 +10,11 @@
  * every entry, so no write can be missed, at the price of few hits under
  * steady writes (then each lookup costs a few comparisons).
  *
+ * An answer from the cache is sent from the entry's body itself, which
+ * counts its users: a newer answer that takes the slot, or a write, leaves
+ * the bytes in place for the answers still being sent (a list page is
+ * ~86 KB: its copy was 6 % of the CPU of a cached list GET).
+ *
  * Entries are direct-mapped by key (FNV-1a); a newer answer takes the slot.
  * `--reply-cache off` turns it off.  Everything runs on the loop thread.  A handler keeps its
  * answer before it returns, so the generation it read the store under is the current one.
@@ -18,6 +23,18 @@
 #include "limits.h"
 #include <stdlib.h>
 #include <string.h>
+
+struct rc_body {
+    long refs; /* the entry's, plus one per answer being sent */
+    size_t len;
+    char data[];
+};
+
+static void body_unref(void *owner)
+{
+    struct rc_body *b = owner;
+    if (b && --b->refs == 0) free(b);
+}
 
 static struct rc_entry *slot_of(struct replycache *c, const char *key)
 {
@@ -47,11 +64,13 @@ void replycache_keep(struct replycache *c, struct req *r, const char *key, const
     if (r->cfg->reply_cache_off || b->overflow || b->len > c->max_body || strlen(key) >= RC_KEY_MAX)
         return;
     struct rc_entry *e = slot_of(c, key);
-    char *copy = realloc(e->body, b->len ? b->len : 1);
+    struct rc_body *copy = malloc(sizeof(*copy) + b->len);
     if (!copy) return;
-    memcpy(copy, b->data, b->len);
+    copy->refs = 1;
+    copy->len = b->len;
+    memcpy(copy->data, b->data, b->len);
+    body_unref(e->body);
     e->body = copy;
-    e->len = b->len;
     e->gen = store_write_generation(r->st);
     str_copy(e->key, sizeof(e->key), key);
     str_copy(e->org_id, sizeof(e->org_id), r->who.org_id);
@@ -61,17 +80,16 @@ void replycache_keep(struct replycache *c, struct req *r, const char *key, const
 
 void replycache_reply(struct req *r, const struct rc_entry *e)
 {
-    struct buf b;
-    buf_init(&b, LD_MAX_RESPONSE);
-    buf_add(&b, e->body, e->len);
     struct reply_header h = {"ETag", e->etag};
-    reply_json_h(r, 200, &b, &h, e->etag[0] ? 1 : 0);
+    e->body->refs++;
+    reply_json_shared(r, 200, e->body->data, e->body->len, body_unref, e->body, &h,
+                      e->etag[0] ? 1 : 0);
 }
 
 void replycache_free(struct replycache *c)
 {
     for (int i = 0; c->e && i < c->nslots; i++)
-        free(c->e[i].body);
+        body_unref(c->e[i].body);
     free(c->e);
     c->e = NULL;
 }

@@ -72,6 +72,12 @@ void reply_json_h(struct req *r, int status, struct buf *body, const struct repl
                   int nh);
 void reply_text(struct req *r, int status, const char *ctype, const char *text, size_t len,
                 int copy);
+/* A JSON answer of the len bytes at body, sent from where they are (no
+ * copy): they must stay as they are until release(owner), called once when
+ * the answer is done with them, sent or not. */
+void reply_json_shared(struct req *r, int status, const char *body, size_t len,
+                       void (*release)(void *owner), void *owner, const struct reply_header *h,
+                       int nh);
 void reply_empty(struct req *r, int status, const struct reply_header *h, int nh);
 /* A body too big to build at once, made a piece at a time as the socket
  * takes it: `more` appends the next piece to `out` and returns 1, or 0

@@ -79,7 +79,10 @@ struct resp {
     char *body;
     size_t blen;
     int body_static; /* not ours to free */
-    int no_body;     /* HEAD, 204, 304: the body is not sent */
+    /* a shared body (reply_json_shared): body_release(body_owner) when done */
+    void (*body_release)(void *);
+    void *body_owner;
+    int no_body; /* HEAD, 204, 304: the body is not sent */
     /* a streamed body (reply_stream): pieces made as the socket takes them */
     reply_more_fn more;
     void (*release)(void *ud);
@@ -410,6 +413,7 @@ static void resp_free(struct resp *p)
     buf_free(&p->piece);
     buf_free(&p->head);
     if (!p->body_static) free(p->body);
+    if (p->body_release) p->body_release(p->body_owner);
     free(p);
 }
 
@@ -450,6 +454,21 @@ void reply_json_h(struct req *r, int status, struct buf *body, const struct repl
     }
     struct resp *p = resp_new(status, "application/json");
     set_body(p, body);
+    for (int i = 0; i < nh; i++)
+        resp_header(p, h[i].name, h[i].value);
+    set_response(r, status, p);
+}
+
+void reply_json_shared(struct req *r, int status, const char *body, size_t len,
+                       void (*release)(void *owner), void *owner, const struct reply_header *h,
+                       int nh)
+{
+    struct resp *p = resp_new(status, "application/json");
+    p->body = (char *)body;
+    p->blen = len;
+    p->body_static = 1;
+    p->body_release = release;
+    p->body_owner = owner;
     for (int i = 0; i < nh; i++)
         resp_header(p, h[i].name, h[i].value);
     set_response(r, status, p);

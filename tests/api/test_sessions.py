@@ -609,6 +609,45 @@ def test_list_again_shows_every_write_at_once(fresh_server, cache):
     assert d["sessions"] == d["data"]
 
 
+def test_cached_page_sent_whole_while_replaced(fresh_server):
+    """An answer from the reply cache is sent from the cached bytes
+    themselves.  A client that reads a ~220 KB cached page slowly gets
+    exactly that page, while a write voids the cache and newer pages take
+    the slot (the bytes it is being sent from must outlive them)."""
+    srv = fresh_server()
+    c = srv.client()
+    for i in range(50):
+        c.create_session({"title": "page filler %03d %s" % (i, "x" * 32)})
+    path = "/v1/sessions?limit=50"
+    first = expect(c.get(path), 200)
+    assert 200_000 < len(first.content) < 256 * 1024  # kept: under the cache's 256 KB
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the server cannot send it all
+    s.settimeout(15)
+    s.connect(("127.0.0.1", srv.port))
+    with s:
+        s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n"
+                   % (path, c.key)).encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(1)
+        newer = []
+        for i in range(3):  # each write voids the page, each GET keeps a newer one
+            c.create_session({"title": "newer %d" % i})
+            newer.append(expect(c.get(path), 200).content)
+            assert newer[-1] != first.content
+        status = head.split(b"\r\n", 1)[0]
+        assert status == b"HTTP/1.1 200 OK", head
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        body = b""
+        while len(body) < length:
+            chunk = s.recv(65536)
+            assert chunk, "connection closed after %d of %d bytes" % (len(body), length)
+            body += chunk
+    assert body == first.content
+    assert expect(c.get(path), 200).content == newer[-1]
+
+
 # ---------------------------------------------------------------- stats
 
 def test_stats_counts(fresh_server):
