@@ -61,18 +61,34 @@ static int literal(struct jp *j, const char *word, size_t n)
 
 static json_t *value(struct jp *j, int depth);
 
+/* After whitespace: `close` (consumed; 1), ',' (consumed; 0) or else -1 */
+static int next(struct jp *j, char close)
+{
+    skip_ws(j);
+    if (j->p < j->end && (*j->p == close || *j->p == ',')) return *j->p++ == close;
+    return -1;
+}
+
+/* after whitespace: `close` is consumed and 1, else 0 */
+static int closes(struct jp *j, char close)
+{
+    skip_ws(j);
+    if (j->p < j->end && *j->p == close) {
+        j->p++;
+        return 1;
+    }
+    return 0;
+}
+
 static json_t *object(struct jp *j, int depth)
 {
     json_t *o = json_object();
     if (!o) return NULL;
-    skip_ws(j);
-    if (j->p < j->end && *j->p == '}') {
-        j->p++;
-        return o;
-    }
-    for (;;) {
+    if (closes(j, '}')) return o;
+    for (int more = 0; more == 0;) {
         const char *k;
         size_t kn;
+        skip_ws(j);
         if (j->p == j->end || *j->p != '"') break;
         j->p++;
         if (scan_string(j, &k, &kn)) break;
@@ -83,15 +99,7 @@ static json_t *object(struct jp *j, int depth)
         size_t before = json_object_size(o);
         /* a repeated key replaces nothing here: json_loadb refuses it */
         if (!v || json_object_setn_new_nocheck(o, k, kn, v) || json_object_size(o) == before) break;
-        skip_ws(j);
-        if (j->p == j->end) break;
-        if (*j->p == '}') {
-            j->p++;
-            return o;
-        }
-        if (*j->p != ',') break;
-        j->p++;
-        skip_ws(j);
+        if ((more = next(j, '}')) == 1) return o;
     }
     json_decref(o);
     return NULL;
@@ -101,22 +109,11 @@ static json_t *array(struct jp *j, int depth)
 {
     json_t *a = json_array();
     if (!a) return NULL;
-    skip_ws(j);
-    if (j->p < j->end && *j->p == ']') {
-        j->p++;
-        return a;
-    }
-    for (;;) {
+    if (closes(j, ']')) return a;
+    for (int more = 0; more == 0;) {
         json_t *v = value(j, depth);
         if (!v || json_array_append_new(a, v)) break;
-        skip_ws(j);
-        if (j->p == j->end) break;
-        if (*j->p == ']') {
-            j->p++;
-            return a;
-        }
-        if (*j->p != ',') break;
-        j->p++;
+        if ((more = next(j, ']')) == 1) return a;
     }
     json_decref(a);
     return NULL;
