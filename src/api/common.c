@@ -2,8 +2,9 @@
  * common.c — request-body parsing and field validation shared by every
  * resource.  jansson parses untrusted input strictly (UTF-8, no NUL, no
  * duplicate keys, int64), after util/jfast.c has taken the common shapes
- * the cheap way (it yields what jansson would, or declines); each reader below checks one field and
- * answers a 400 whose detail names it.  Nothing here touches SQL.
+ * the cheap way (it yields what jansson would, or declines); each reader
+ * below checks one field and answers a 400 whose detail names it.  Nothing
+ * here touches SQL.
  */
 #include "api/api.h"
 #include "core/builtins.h"
@@ -49,9 +50,10 @@ json_t *body_object(struct req *r, int allow_empty)
 }
 
 /* A member's value, NULL if absent or null.  A handler asks for every
- * field it knows, nearly all absent from a body of a few members: a walk
- * of those members costs a third of a hash lookup (json_object_get hashes
- * the key each time; 23 lookups per create). */
+ * field it knows (23 for a create), nearly all absent from a body of a few
+ * members: walking those members, first bytes compared before strcmp,
+ * costs ~115 instructions a lookup; json_object_get, which hashes the key
+ * each time, ~165. */
 static json_t *present(json_t *o, const char *key)
 {
     json_t *v = NULL;
