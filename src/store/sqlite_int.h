@@ -88,6 +88,8 @@ void authcache_put(struct authcache *ac, const char *token, const char *org_hint
 /* after a committed change of keys: every process's entries are void */
 void authcache_bump(struct authcache *ac);
 void authcache_counts(const struct authcache *ac, uint64_t *hits, uint64_t *misses);
+/* the set a key and X-Org-Id are kept in (for the unit tests) */
+int authcache_set_of(struct authcache *ac, const char *token, const char *org_hint);
 struct store {
     char path[600];
     struct authcache *ac;

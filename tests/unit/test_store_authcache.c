@@ -4,8 +4,8 @@
  * is not; a bump through another
  * mapping of the same data dir (as `loopd keys revoke`, another process,
  * does) voids every entry; an entry verified under an older epoch is never
- * trusted; without a usable data dir there is no cache and every lookup
- * misses. */
+ * trusted; two keys of one set both stay; without a usable data dir
+ * there is no cache and every lookup misses. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -95,6 +95,50 @@ static void test_put_get_and_revocation_by_another_mapping(void **state)
     authcache_close(again);
 }
 
+/* Keys that share a set both stay (one asked for with X-Org-Id, one
+ * without); a third makes room by dropping the one used longest ago. */
+static void test_a_set_keeps_two(void **state)
+{
+    (void)state;
+    struct authcache *ac = authcache_open(dir);
+    assert_non_null(ac);
+    const char *one = "evr_pat_set_one";
+    int set = authcache_set_of(ac, one, NULL);
+    /* tokens tried until two more land in that set (1 in 128 each) */
+    char two[64] = "", three[64] = "", t[64];
+    for (int i = 0; i < 100000 && !(two[0] && three[0]); i++) {
+        snprintf(t, sizeof(t), "evr_pat_set_%d", i);
+        if (!two[0] && authcache_set_of(ac, t, "org_b") == set)
+            snprintf(two, sizeof(two), "%s", t);
+        else if (!three[0] && authcache_set_of(ac, t, NULL) == set)
+            snprintf(three, sizeof(three), "%s", t);
+    }
+    assert_true(two[0] && three[0]);
+    struct principal a, b, got;
+    principal(&a, "org_a");
+    principal(&b, "org_b");
+    uint64_t e = authcache_epoch(ac);
+    authcache_put(ac, one, NULL, &a, e);
+    authcache_put(ac, two, "org_b", &b, e);
+    for (int round = 0; round < 3; round++) { /* asked in turn: both found */
+        assert_int_equal(authcache_get(ac, one, NULL, &got), 1);
+        assert_string_equal(got.org_id, "org_a");
+        assert_int_equal(authcache_get(ac, two, "org_b", &got), 1);
+        assert_string_equal(got.org_id, "org_b");
+    }
+    /* `one` was used longest ago: the third key takes its entry */
+    authcache_put(ac, three, NULL, &a, e);
+    assert_int_equal(authcache_get(ac, one, NULL, &got), 0);
+    assert_int_equal(authcache_get(ac, two, "org_b", &got), 1);
+    assert_int_equal(authcache_get(ac, three, NULL, &got), 1);
+    /* put again for a key it holds: its own entry, not the other's */
+    authcache_put(ac, three, NULL, &b, e);
+    assert_int_equal(authcache_get(ac, two, "org_b", &got), 1);
+    assert_int_equal(authcache_get(ac, three, NULL, &got), 1);
+    assert_string_equal(got.org_id, "org_b");
+    authcache_close(ac);
+}
+
 static void test_no_data_dir_means_no_cache(void **state)
 {
     (void)state;
@@ -113,6 +157,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_put_get_and_revocation_by_another_mapping),
+        cmocka_unit_test(test_a_set_keeps_two),
         cmocka_unit_test(test_no_data_dir_means_no_cache),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
