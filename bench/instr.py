@@ -21,10 +21,15 @@ callgrind_control switches (start-up and warm-up are left out):
              split by thread: the loop, the writer, the checkpointer
   get_seq    2,000 GET /v1/sessions/{id} of one session, --reply-cache off
              (each read and rendered)
+  turn_seq   BENCH_INSTR_TURNS (300) turns of one session one after another
+             (build/turnload seq: a message POSTed, llmsim's answer, the
+             turn's events on the session's SSE stream), all threads; the
+             turn benchmarks' latency moves with the disk, this does not
 
 Prints one `INSTR name=value ...` line per case and, with --report, appends
-a Markdown section to FILE.  Needs valgrind, wrk and build/loopd
-(BENCH_INSTR_LOOPD=path counts another binary, e.g. an older build).
+a Markdown section to FILE.  Needs valgrind, wrk, build/loopd and
+build/turnload (bench/run compiles it; BENCH_INSTR_LOOPD=path counts
+another loopd, e.g. an older build).
 """
 import http.client
 import json
@@ -43,6 +48,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOOPD = os.environ.get("BENCH_INSTR_LOOPD") or os.path.join(ROOT, "build", "loopd")
 LUA = os.path.join(ROOT, "bench", "loopd.lua")
 N_SEQ = int(os.environ.get("BENCH_INSTR_N", "2000"))
+N_TURNS = int(os.environ.get("BENCH_INSTR_TURNS", "300"))
+TURNLOAD = os.path.join(ROOT, "build", "turnload")
 SECONDS = int(os.environ.get("BENCH_INSTR_SECONDS", "4"))
 BODY = json.dumps({"title": "bench", "tags": ["a", "b"]})  # what bench/loopd.lua posts
 
@@ -178,6 +185,25 @@ def get_seq(tmp):
     return one_at_a_time(s, "GET", "/v1/sessions/" + json.loads(body)["id"], None, 200)
 
 
+def turn_seq(tmp):
+    s = Loopd(tmp, "turn_seq")
+
+    def turns(n, warm):
+        r = subprocess.run([TURNLOAD, "seq", "port=%d" % s.port, "key=" + KEY, "pid=%d" % s.p.pid,
+                            "n=%d" % n, "warm=%d" % warm, "timeout=120"],
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0 or "ERROR" in r.stderr:
+            sys.exit("instr.py: turnload seq failed:\n" + r.stdout + r.stderr)
+
+    turns(50, 10)
+    s.instrument(True)
+    turns(N_TURNS, 0)
+    s.instrument(False)
+    s.stop()
+    total, _ = s.counts()
+    return {"per_turn": total // N_TURNS, "turns": N_TURNS}
+
+
 def main():
     report = None
     if len(sys.argv) == 3 and sys.argv[1] == "--report":
@@ -187,10 +213,13 @@ def main():
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate", "wrk"):
         if not shutil.which(tool):
             sys.exit("instr.py: %s is not installed (scripts/install-deps --bench)" % tool)
+    if not os.access(TURNLOAD, os.X_OK):
+        sys.exit("instr.py: %s is missing (make bench compiles it from bench/turnload.c)" % TURNLOAD)
     tmp = tempfile.mkdtemp(prefix="loopd-instr-")
     try:
         res = {}
-        for name, fn in (("post_seq", post_seq), ("post_load", post_load), ("get_seq", get_seq)):
+        for name, fn in (("post_seq", post_seq), ("post_load", post_load), ("get_seq", get_seq),
+                         ("turn_seq", turn_seq)):
             res[name] = fn(tmp)
             print("INSTR case=%s %s" % (name, " ".join("%s=%s" % kv for kv in res[name].items())),
                   flush=True)
@@ -208,6 +237,8 @@ def main():
                                                      pl["writer"], pl["checkpointer"]))
             f.write("| GET /v1/sessions/{{id}}, --reply-cache off | {:,} |\n".format(
                 res["get_seq"]["per_request"]))
+            f.write("| a turn of one session (message POST, llmsim, events on SSE), per turn | {:,} |\n"
+                    .format(res["turn_seq"]["per_turn"]))
 
 
 if __name__ == "__main__":
