@@ -1057,8 +1057,8 @@ static int parse_head(struct hconn *c, size_t hlen)
         return -1;
     }
     int cap = 8;
-    for (const char *q = eol + 2; q < end; q++)
-        if (*q == '\n') cap++;
+    for (const char *q = eol + 2; q < end && (q = memchr(q, '\n', (size_t)(end - q))); q++)
+        cap++;
     r->hdrs = arena_alloc(&r->arena, sizeof(*r->hdrs) * (size_t)cap);
     const char *cl = NULL, *te = NULL, *expect = NULL, *conn = NULL;
     int cl_conflict = 0;
@@ -1082,11 +1082,11 @@ static int parse_head(struct hconn *c, size_t hlen)
             v++;
         while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
             ve--;
-        for (const char *q = v; q < ve; q++)
-            if (*q == 0 || *q == '\n' || *q == '\r') {
-                fail(c, LD_E_BAD_REQUEST, "A header value holds a control character");
-                return -1;
-            }
+        /* no CR: the line ends at its first (le) */
+        if (memchr(v, '\n', (size_t)(ve - v)) || memchr(v, 0, (size_t)(ve - v))) {
+            fail(c, LD_E_BAD_REQUEST, "A header value holds a control character");
+            return -1;
+        }
         char *name = arena_strndup(&r->arena, p, (size_t)(colon - p));
         char *value = arena_strndup(&r->arena, v, (size_t)(ve - v));
         r->hdrs[r->nhdrs].name = name;

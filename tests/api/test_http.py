@@ -193,6 +193,19 @@ def test_folded_or_malformed_headers_are_400(server):
         assert_problem(resp, 400)
 
 
+def test_control_bytes_in_header_values_are_400(server):
+    """A NUL or a bare LF inside a header value (anywhere in it, in any
+    header) is refused, never taken as part of the value or as a line end."""
+    for extra in (b"X-A: a\x00b\r\n", b"X-A: \x00\r\n", b"X-A: ab\x00\r\n",
+                  b"X-A: a\nb\r\n", b"X-A: ab\n\r\n", b"X-Long: " + b"v" * 300 + b"\x00\r\n",
+                  b"X-A: ok\r\nX-B: x\ny\r\n"):
+        resp = raw_request(server.port, _get("/healthz", server.key, extra=extra))
+        assert_problem(resp, 400, detail="A header value holds a control character")
+    # a tab, other control bytes and UTF-8 in a value are left alone
+    resp = raw_request(server.port, _get("/healthz", server.key, extra=b"X-A: a\tb\x01\xc3\xa9\r\n"))
+    assert resp.status_code == 200, resp.content[:200]
+
+
 def test_client_leaving_during_a_write_does_not_hurt(server, api):
     """A client that sends a POST and leaves at once: the write still
     commits, nothing crashes, the server keeps serving."""
