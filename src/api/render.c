@@ -112,11 +112,15 @@ void render_session(struct req *r, struct jw *w, const struct session_rec *s)
     }
     if (s->pinned >= 0) jw_kbool(w, "is_pinned", s->pinned);
     if (s->features) jw_kraw(w, "features", s->features);
-    kurl(w, "self_url", base, "/v1/sessions/", s->id, "");
-    kurl(w, "view_url", base, "/sessions/", s->id, "/chat");
-    kurl(w, "ui_link", base, "/sessions/", s->id, "/chat");
+    /* built once: self_url and every action's href start with it */
     char self[400];
     size_t sl = session_url(r, s->id, self, sizeof(self));
+    jw_key(w, "self_url");
+    jw_raw(w, "\"");
+    buf_add(w->b, self, sl);
+    buf_putc(w->b, '"');
+    kurl(w, "view_url", base, "/sessions/", s->id, "/chat");
+    kurl(w, "ui_link", base, "/sessions/", s->id, "/chat");
     jw_key(w, "allowed_actions");
     jw_raw(w, "[");
     struct buf *o = w->b;

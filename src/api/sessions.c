@@ -19,19 +19,11 @@
 
 static void etag_of(int64_t version, char out[32])
 {
-    /* by hand: snprintf was a tenth of what a create's answer costs */
-    char digits[24];
-    int n = 0;
-    uint64_t v = version < 0 ? 0 : (uint64_t)version;
-    do
-        digits[n++] = (char)('0' + v % 10);
-    while ((v /= 10) && n < (int)sizeof(digits));
-    char *o = out;
-    *o++ = '"';
-    while (n)
-        *o++ = digits[--n];
-    *o++ = '"';
-    *o = 0;
+    /* not snprintf: it was a tenth of what a create's answer costs */
+    size_t n = i64_dec(version < 0 ? 0 : version, out + 1);
+    out[0] = '"';
+    out[n + 1] = '"';
+    out[n + 2] = 0;
 }
 
 /* answers kept while nothing has been written (replycache.c): single

@@ -101,16 +101,24 @@ int buf_printf(struct buf *b, const char *fmt, ...)
     return 0;
 }
 
-int buf_i64(struct buf *b, int64_t v)
+size_t i64_dec(int64_t v, char out[20])
 {
-    char tmp[24], *p = tmp + sizeof(tmp);
+    char tmp[20], *p = tmp + sizeof(tmp);
     uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
     do {
         *--p = (char)('0' + u % 10);
         u /= 10;
     } while (u);
     if (v < 0) *--p = '-';
-    return buf_add(b, p, (size_t)(tmp + sizeof(tmp) - p));
+    size_t n = (size_t)(tmp + sizeof(tmp) - p);
+    memcpy(out, p, n);
+    return n;
+}
+
+int buf_i64(struct buf *b, int64_t v)
+{
+    char d[20];
+    return buf_add(b, d, i64_dec(v, d));
 }
 
 #define ONES 0x0101010101010101ull

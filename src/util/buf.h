@@ -42,6 +42,8 @@ int buf_puts(struct buf *b, const char *s);
 int buf_putc(struct buf *b, char c);
 int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int buf_i64(struct buf *b, int64_t v);
+/* v in decimal at out (at most 20 bytes, no NUL); returns the length */
+size_t i64_dec(int64_t v, char out[20]);
 
 /* 1 if [s, s+n) is valid UTF-8 (RFC 3629: no overlong forms, no
  * surrogates, nothing past U+10FFFF), else 0. */
