@@ -550,10 +550,9 @@ static void vproblem(struct req *r, enum ld_err e, const struct reply_header *h,
 {
     char detail[512];
     vsnprintf(detail, sizeof(detail), fmt, ap);
-    /* one line, valid UTF-8 is guaranteed by callers quoting only validated
-     * input; strip control characters defensively */
-    for (char *p = detail; *p; p++)
-        if ((unsigned char)*p < 0x20) *p = ' ';
+    /* one line of valid UTF-8 whatever a detail quotes from the request
+     * (a header's obs-text bytes) and wherever the 512 bytes cut it */
+    utf8_scrub(detail);
     struct buf b;
     buf_init(&b, 4096);
     /* the path is only echoed once it is known to be printable */
@@ -884,6 +883,11 @@ static int is_token(const char *p, const char *e)
     return 1;
 }
 
+static int is_digit(char ch)
+{
+    return ch >= '0' && ch <= '9';
+}
+
 static int hexval(int c)
 {
     if (c >= '0' && c <= '9') return c - '0';
@@ -989,6 +993,64 @@ static void fail(struct hconn *c, enum ld_err e, const char *fmt, ...)
     reply_problem(r, e, "%s", d);
 }
 
+/* Transfer-Encoding: RFC 9112 6.1 and 6.3.  Its lines are one list, in
+ * order (RFC 9110 5.3), read a line at a time into struct codings (so many
+ * lines cost no more than one long one). */
+struct codings {
+    int n, chunked, last_chunked;
+    const char *other; /* the first coding that is not chunked */
+    size_t other_len;
+};
+
+/* adds one line's codings; -1 if the line is not a list of them (an empty
+ * member, a byte no token has: no body can be framed by it) */
+static int codings_add(struct codings *k, const char *p)
+{
+    for (;;) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        const char *b = p;
+        while (is_tchar((unsigned char)*p))
+            p++;
+        const char *e = p;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (b == e || (*p && *p != ',')) return -1;
+        k->n++;
+        k->last_chunked = (size_t)(e - b) == 7 && strncasecmp(b, "chunked", 7) == 0;
+        if (k->last_chunked) {
+            k->chunked++;
+        } else if (!k->other) {
+            k->other = b;
+            k->other_len = (size_t)(e - b);
+        }
+        if (!*p) return 0;
+        p++;
+    }
+}
+
+/* A list that does not end in chunked, or applies it twice, cannot frame a
+ * body: 400.  A list that ends in chunked after a coding this server does
+ * not decode (gzip, chunked): 501.  Returns 0 for plain chunked. */
+static int codings_check(struct hconn *c, const struct codings *k, int malformed)
+{
+    if (malformed || !k->last_chunked || k->chunked > 1) {
+        fail(c, LD_E_BAD_REQUEST, "%s",
+             malformed        ? "Transfer-Encoding is not a list of transfer codings"
+             : k->chunked > 1 ? "Transfer-Encoding applies chunked more than once"
+                              : "Transfer-Encoding must end with chunked to frame a request body");
+        return -1;
+    }
+    if (k->n > 1) {
+        fail(c, LD_E_NOT_IMPLEMENTED,
+             "Transfer coding '%.*s' is not supported; send the body chunked or with "
+             "Content-Length",
+             (int)(k->other_len > 40 ? 40 : k->other_len), k->other);
+        return -1;
+    }
+    return 0;
+}
+
 /* Parses the head in in[0, hlen): request line and headers.  0 ok, -1
  * answered (the connection closes). */
 static int parse_head(struct hconn *c, size_t hlen)
@@ -1014,8 +1076,11 @@ static int parse_head(struct hconn *c, size_t hlen)
         r->http10 = 0;
     } else if (vl == 8 && memcmp(ver, "HTTP/1.0", 8) == 0) {
         r->http10 = 1;
-    } else if (vl >= 5 && memcmp(ver, "HTTP/", 5) == 0) {
-        fail(c, LD_E_VERSION, "HTTP version '%.20s' is not supported; use HTTP/1.1", ver);
+    } else if (vl == 8 && memcmp(ver, "HTTP/", 5) == 0 && is_digit(ver[5]) && ver[6] == '.' &&
+               is_digit(ver[7])) {
+        /* a well-formed version this server does not speak (RFC 9110 15.6.6);
+         * anything else in its place is a malformed request line */
+        fail(c, LD_E_VERSION, "HTTP version '%.8s' is not supported; use HTTP/1.1", ver);
         return -1;
     } else {
         fail(c, LD_E_BAD_REQUEST, "Malformed request line");
@@ -1061,7 +1126,8 @@ static int parse_head(struct hconn *c, size_t hlen)
         cap++;
     r->hdrs = arena_alloc(&r->arena, sizeof(*r->hdrs) * (size_t)cap);
     const char *cl = NULL, *te = NULL, *expect = NULL, *conn = NULL;
-    int cl_conflict = 0;
+    int cl_conflict = 0, te_malformed = 0;
+    struct codings codings = {0};
     for (p = eol + 2; p < end;) {
         const char *le = memchr(p, '\r', (size_t)(end - p) + 1);
         if (!le || le[1] != '\n') {
@@ -1098,11 +1164,8 @@ static int parse_head(struct hconn *c, size_t hlen)
             if (cl && strcmp(cl, value) != 0) cl_conflict = 1;
             cl = value;
         } else if (nl == 17 && strcasecmp(name, "Transfer-Encoding") == 0) {
-            if (te) {
-                fail(c, LD_E_NOT_IMPLEMENTED, "Only one Transfer-Encoding, chunked, is supported");
-                return -1;
-            }
             te = value;
+            if (codings_add(&codings, value)) te_malformed = 1;
         } else if (nl == 6 && strcasecmp(name, "Expect") == 0) {
             expect = value;
         } else if (nl == 10 && strcasecmp(name, "Connection") == 0) {
@@ -1125,10 +1188,7 @@ static int parse_head(struct hconn *c, size_t hlen)
         return -1;
     }
     if (te) {
-        if (strcasecmp(te, "chunked") != 0) {
-            fail(c, LD_E_NOT_IMPLEMENTED, "Transfer-Encoding '%.40s' is not supported", te);
-            return -1;
-        }
+        if (codings_check(c, &codings, te_malformed)) return -1;
         if (r->http10) {
             fail(c, LD_E_BAD_REQUEST, "Transfer-Encoding is not allowed in HTTP/1.0");
             return -1;

@@ -382,35 +382,61 @@ void jw_ktime(struct jw *w, const char *k, int64_t us)
     jw_kstr(w, k, t);
 }
 
+/* the length of the valid UTF-8 sequence at p (before e), 0 if there is none */
+static int utf8_seq(const unsigned char *p, const unsigned char *e)
+{
+    unsigned c = *p;
+    if (c < 0x80) return 1;
+    int len;
+    unsigned lo = 0x80, hi = 0xbf; /* bounds of the second byte */
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        if (c == 0xe0) lo = 0xa0; /* overlong */
+        if (c == 0xed) hi = 0x9f; /* surrogates */
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        if (c == 0xf0) lo = 0x90; /* overlong */
+        if (c == 0xf4) hi = 0x8f; /* past U+10FFFF */
+    } else {
+        return 0;
+    }
+    if (e - p < len) return 0;
+    if (p[1] < lo || p[1] > hi) return 0;
+    for (int i = 2; i < len; i++)
+        if (p[i] < 0x80 || p[i] > 0xbf) return 0;
+    return len;
+}
+
 int utf8_valid(const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s, *e = p + n;
     while (p < e) {
-        unsigned c = *p;
-        if (c < 0x80) {
+        if (*p < 0x80) {
             p++;
             continue;
         }
-        int len;
-        unsigned lo = 0x80, hi = 0xbf; /* bounds of the second byte */
-        if (c >= 0xc2 && c <= 0xdf) {
-            len = 2;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            len = 3;
-            if (c == 0xe0) lo = 0xa0; /* overlong */
-            if (c == 0xed) hi = 0x9f; /* surrogates */
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            len = 4;
-            if (c == 0xf0) lo = 0x90; /* overlong */
-            if (c == 0xf4) hi = 0x8f; /* past U+10FFFF */
-        } else {
-            return 0;
-        }
-        if (e - p < len) return 0;
-        if (p[1] < lo || p[1] > hi) return 0;
-        for (int i = 2; i < len; i++)
-            if (p[i] < 0x80 || p[i] > 0xbf) return 0;
+        int len = utf8_seq(p, e);
+        if (!len) return 0;
         p += len;
     }
     return 1;
+}
+
+size_t utf8_scrub(char *s)
+{
+    unsigned char *p = (unsigned char *)s, *e = p + strlen(s);
+    size_t n = 0;
+    while (p < e) {
+        int len = *p < 0x20 ? 0 : utf8_seq(p, e);
+        if (len) {
+            p += len;
+            continue;
+        }
+        *p = *p < 0x20 ? ' ' : '?';
+        p++;
+        n++;
+    }
+    return n;
 }

@@ -48,6 +48,12 @@ size_t i64_dec(int64_t v, char out[20]);
 /* 1 if [s, s+n) is valid UTF-8 (RFC 3629: no overlong forms, no
  * surrogates, nothing past U+10FFFF), else 0. */
 int utf8_valid(const char *s, size_t n);
+/* Makes the string s valid UTF-8 on one line, in place: each control
+ * byte (< 0x20) becomes a space and each byte that starts no valid
+ * sequence (a stray continuation byte, a sequence cut short, an overlong
+ * form or surrogate) a '?'.  For text that quotes raw request bytes, such
+ * as a problem's detail.  Returns how many bytes it replaced. */
+size_t utf8_scrub(char *s);
 
 /* JSON: strings are written with RFC 8259 escapes; the input must be valid
  * UTF-8 (all request input is validated by jansson first). */

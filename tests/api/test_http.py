@@ -175,8 +175,56 @@ def test_query_or_path_not_utf8_is_a_problem_in_valid_json(server):
 
 
 def test_unknown_http_version_is_505(server):
-    resp = raw_request(server.port, _get("/healthz", server.key, version=b"HTTP/2.0"))
-    assert_problem(resp, 505)
+    for version in (b"HTTP/2.0", b"HTTP/3.0", b"HTTP/0.9"):
+        resp = raw_request(server.port, _get("/healthz", server.key, version=version))
+        # the detail quotes the version alone, not the header line after it
+        assert_problem(resp, 505, detail="HTTP version '%s' is not supported; use HTTP/1.1"
+                       % version.decode())
+
+
+def test_malformed_http_version_is_400(server):
+    """Only a well-formed HTTP/d.d is an unsupported version (505); any
+    other text in its place makes a malformed request line."""
+    for version in (b"HTTP/1.1x", b"HTTP/1.1 extra", b"HTTP/11", b"HTTP/", b"HTTP/a.b",
+                    b"http/1.1", b"HTTP/1.10"):
+        resp = raw_request(server.port, _get("/healthz", server.key, version=version))
+        assert_problem(resp, 400, detail="Malformed request line")
+
+
+def _post_te(port, key, te_lines, body=b"2\r\n{}\r\n0\r\n\r\n"):
+    head = b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n" % key.encode()
+    head += b"Content-Type: application/json\r\n"
+    head += b"".join(b"Transfer-Encoding: %s\r\n" % v for v in te_lines)
+    return raw_request(port, head + b"\r\n" + body)
+
+
+def test_transfer_codings_follow_rfc_9112(server):
+    """RFC 9112 6.1 / 6.3: a body is framed only when chunked is the last
+    coding, applied once (else 400); a well-formed list with a coding this
+    server does not decode before it is 501; several lines are one list."""
+    before = server.client().get("/v1/sessions/stats").json()["total"]
+    for lines in ([b"gzip"], [b"chunked, gzip"], [b"chunked, chunked"], [b"chunked", b"chunked"],
+                  [b"1 2"], [b""], [b"chunked,"], [b", chunked"], [b"chunked;q=1"]):
+        assert_problem(_post_te(server.port, server.key, lines), 400, detail_contains="Transfer-Encoding")
+    for lines in ([b"gzip, chunked"], [b"gzip", b"chunked"], [b"x-custom ,\tchunked"],
+                  [b"gzip"] * 300 + [b"chunked"]):
+        body = assert_problem(_post_te(server.port, server.key, lines), 501)
+        assert body["detail"].startswith("Transfer coding '"), body
+    # nothing of those was stored, and plain chunked (any case) still works
+    assert server.client().get("/v1/sessions/stats").json()["total"] == before
+    for te in (b"chunked", b"Chunked", b" chunked "):
+        resp = _post_te(server.port, server.key, [te])
+        assert resp.status_code == 201, resp
+
+
+def test_problem_detail_is_utf8_whatever_the_request_quoted(server):
+    """A detail that quotes a header's bytes (obs-text, not UTF-8) is still
+    valid UTF-8 JSON: each stray byte is shown as '?'."""
+    for raw, shown in ((b"13\x86", "'13?'"), (b"\xc3" + b"1", "'?1'"), (b"\xff\xfe7", "'??7'")):
+        resp = raw_request(server.port, b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                           + server.key.encode() + b"\r\nContent-Length: " + raw + b"\r\n\r\n{}")
+        body = assert_problem(resp, 400)  # the body parses as UTF-8 JSON
+        assert body["detail"] == "Content-Length must be a non-negative integer, got " + shown, body
 
 
 def test_garbage_request_line_is_400(server):

@@ -363,6 +363,48 @@ static void test_utf8_valid(void **state)
             fail_msg("utf8_valid case %zu: want %d", i, v[i].ok);
 }
 
+/* utf8_scrub keeps valid text byte for byte, replaces exactly the bytes
+ * that start no valid sequence, and always leaves valid UTF-8 */
+static void test_utf8_scrub(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in, *out;
+        size_t n;
+    } v[] = {
+        {"", "", 0},
+        {"Content-Length 12", "Content-Length 12", 0},
+        {"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",
+         0},
+        {"got '13\x86'", "got '13?'", 1},
+        {"\xff\xfe", "??", 2},
+        {"cut \xe2\x82", "cut ??", 2}, /* a sequence cut short, as at a limit */
+        {"\xed\xa0\x80!",
+         "???"
+         "!",
+         3},                              /* surrogate */
+        {"\xc0\xaf", "??", 2},            /* overlong */
+        {"a\tb\r\nc", "a b  c", 3},       /* control bytes: one line */
+        {"\xc3\xc3\xa9", "?\xc3\xa9", 1}, /* a lead byte before a whole sequence */
+    };
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        char s[64];
+        snprintf(s, sizeof(s), "%s", v[i].in);
+        size_t n = utf8_scrub(s);
+        if (strcmp(s, v[i].out) != 0 || n != v[i].n)
+            fail_msg("utf8_scrub case %zu: got '%s' (%zu replaced)", i, s, n);
+    }
+    /* every two-byte string comes out valid and of the same length */
+    for (unsigned a = 1; a < 256; a++)
+        for (unsigned b = 1; b < 256; b++) {
+            char s[3] = {(char)a, (char)b, 0};
+            utf8_scrub(s);
+            assert_int_equal(strlen(s), 2);
+            assert_true(utf8_valid(s, 2));
+            assert_true((unsigned char)s[0] >= 0x20 && (unsigned char)s[1] >= 0x20);
+        }
+}
+
 static void test_json_str_escape_overflow(void **state)
 {
     struct buf b;
@@ -704,6 +746,7 @@ int main(void)
         cmocka_unit_test(test_json_strn_nul),
         cmocka_unit_test(test_json_strn_every_offset),
         cmocka_unit_test(test_utf8_valid),
+        cmocka_unit_test(test_utf8_scrub),
         cmocka_unit_test(test_json_str_escape_overflow),
         cmocka_unit_test(test_jw_nested_commas),
         cmocka_unit_test(test_jw_key_escaped_and_capped),
