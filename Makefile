@@ -30,7 +30,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,build/unit/%,$(UNIT_SRCS))
 ASAN_UNIT_BINS := $(patsubst tests/unit/%.c,build/asan/unit/%,$(UNIT_SRCS))
 ASAN_LIB_OBJS  := $(patsubst src/%.c,build/asan/obj/%.o,$(LIB_SRCS)) $(addprefix build/asan/obj/,$(GEN_O))
 
-.PHONY: all run test unit unit-asan api api-asan api-valgrind browser asan bench format check-format deps clean
+.PHONY: all run test unit unit-asan api api-asan api-valgrind browser asan bench fuzz format check-format deps clean
 
 all: build/loopd
 
@@ -99,6 +99,15 @@ api-asan: build/asan/loopd build/failio.so
 	LOOPD_BIN=build/asan/loopd ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	$(PY) -m pytest -q tests/api tests/durability
+
+# a long run of randomised requests against the sanitizer build
+# (tests/api/test_fuzz.py; `make api` runs 1,500 of them)
+FUZZ_CASES ?= 100000
+FUZZ_SEED ?= 1
+fuzz: build/asan/loopd
+	LOOPD_BIN=build/asan/loopd ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 FUZZ_CASES=$(FUZZ_CASES) FUZZ_SEED=$(FUZZ_SEED) \
+	$(PY) -m pytest -q -s tests/api/test_fuzz.py
 
 # the resource suites again with the server under valgrind memcheck
 api-valgrind: build/loopd

@@ -346,10 +346,10 @@ def parse_raw_response(buf):
     return None  # body delimited by close
 
 
-def read_raw_response(sock, deadline):
-    """Read one response until complete, EOF or reset.  Returns
-    (RawResponse or None, bytes received, how it ended)."""
-    buf = b""
+def read_raw_response(sock, deadline, buf=b""):
+    """Read one response until complete, EOF or reset, after the bytes
+    already received in `buf`.  Returns (RawResponse or None, bytes
+    received, how it ended)."""
     ended = "complete"
     while True:
         resp = parse_raw_response(buf) if buf else None
