@@ -18,8 +18,9 @@ itself changed.  Every case is sent on its own connection and must get:
     the HTTP code and whose `detail` is a non-empty string;
   - for 2xx with a JSON content type, a body that parses as JSON.
 
-At the end /healthz still answers and the server exits 0 on SIGTERM (so
-under `make api-asan` no sanitizer report went unnoticed).
+At the end /healthz still answers, the session counts of /stats equal the
+rows a list counts (before and after a restart), and the server exits 0
+on SIGTERM (so under `make api-asan` no sanitizer report went unnoticed).
 
 Cases are reproducible: case i of seed S is built from Random(S * 10**7 + i)
 against the same set-up, so a failure names the seed and the case, and
@@ -41,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import (expect, post_message, raw_connect, read_raw_response, start_server,
-                      wait_turn_end)
+                      wait_for, wait_turn_end)
 
 CASES = int(os.environ.get("FUZZ_CASES", "1500"))
 SEED = int(os.environ.get("FUZZ_SEED", "1"))
@@ -510,4 +511,28 @@ def test_random_requests_get_well_formed_answers(fuzz_server):
     assert not failures, "%d of %d cases failed; the first ones:\n%s" % (
         len(failures), len(cases), "\n\n".join(sorted(failures)[:int(os.environ.get("FUZZ_SHOW", "8"))]))
     expect(srv.client().get("/healthz"), 200)
+    # the counts the writer keeps beside the rows still match the rows, once
+    # the turns the cases started are over, and again after a restart
+    assert_counts_match_rows(srv.client())
+    srv.restart()
+    assert_counts_match_rows(srv.client())
     srv.stop_clean()
+
+
+def assert_counts_match_rows(api):
+    statuses = ("started", "active", "idle", "waitingfortoolresults")
+
+    def counts():
+        st = expect(api.get("/v1/sessions/stats"), 200).json()
+        rows = {k: expect(api.get("/v1/sessions", params={"status": k, "limit": 1}), 200)
+                .json()["total"] for k in statuses}
+        total = expect(api.get("/v1/sessions", params={"limit": 1}), 200).json()["total"]
+        kept = (st["total"], st["started"], st["active"], st["idle"],
+                st["waiting_for_tool_results"])
+        stored = (total,) + tuple(rows[k] for k in statuses)
+        return (kept == stored and st["active"] == 0) or (kept, stored)
+
+    got = wait_for(lambda: counts() is True, timeout=30, what="no turn running")
+    assert got is True
+    final = counts()
+    assert final is True, "stats (total, started, active, idle, waiting) %r != rows %r" % final
