@@ -423,8 +423,12 @@ static void batch_done(struct store_op *op)
     } else {
         /* the sequences of this batch were never stored, and the batches
          * after it fail as well (ops.c keeps each log gapless): the turn
-         * stops here and the session is repaired from its log */
-        log_error("event commit failed", "session", ls->id, "err", op->detail, NULL);
+         * stops here and the session is repaired from its log (which finds
+         * a session deleted meanwhile gone, and forgets it) */
+        if (op->err == LD_E_NOT_FOUND)
+            log_info("session deleted; its turn stops", "session", ls->id, NULL);
+        else
+            log_error("event commit failed", "session", ls->id, "err", op->detail, NULL);
         live_break(b->e, ls);
     }
     if (b->first) b->first(b);
@@ -2046,7 +2050,8 @@ static void repair(struct engine *e, struct live *ls)
         ls->queued = 0;
         start_turn_for(e, ls, ls->queued_msg_id, after_activation, NULL);
     }
-    log_warn("repaired a session after a failed write", "session", ls->id, NULL);
+    if (err != LD_E_NOT_FOUND)
+        log_warn("repaired a session after a failed write", "session", ls->id, NULL);
     arena_free(&a);
     live_maybe_free(e, ls);
 }

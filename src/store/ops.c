@@ -234,17 +234,30 @@ static void session_patch(struct conn *c, struct store_op *op)
         fail(op, LD_E_NOT_FOUND, "Session not found");
 }
 
+/* A session whose stored status says a turn runs is not deleted.  The API
+ * checks the engine first, but a message can start a turn between that
+ * check and this op (both queued for the same batch): whichever the writer
+ * runs first wins, the delete (the message's events then find no session,
+ * events_append) or the turn (this answers 409). */
 static void session_delete(struct conn *c, struct store_op *op)
 {
-    sqlite3_stmt *st = conn_stmt(c, "DELETE FROM sessions WHERE org_id = ? AND id = ?");
+    sqlite3_stmt *st = conn_stmt(c, "DELETE FROM sessions WHERE org_id = ? AND id = ?"
+                                    " AND status NOT IN (?, ?)");
     if (!st) {
         fail(op, LD_E_STORAGE, "Storage error");
         return;
     }
     bind_text(st, 1, op->org_id);
     bind_text(st, 2, op->id);
+    sqlite3_bind_int(st, 3, SS_ACTIVE);
+    sqlite3_bind_int(st, 4, SS_WAITING);
     if (step_done(c, st, op)) return;
-    if (sqlite3_changes(c->db) != 1) fail(op, LD_E_NOT_FOUND, "Session not found");
+    if (sqlite3_changes(c->db) == 1) return;
+    if (exists(c, "SELECT 1 FROM sessions WHERE org_id = ? AND id = ?", op->org_id, op->id))
+        fail(op, LD_E_CONFLICT,
+             "Session has a turn in progress; cancel it (POST .../cancel) first");
+    else
+        fail(op, LD_E_NOT_FOUND, "Session not found");
 }
 
 static void pin(struct conn *c, struct store_op *op)
@@ -363,6 +376,12 @@ static void agent_archive(struct conn *c, struct store_op *op)
 
 static void events_append(struct conn *c, struct store_op *op)
 {
+    /* the session may have been deleted since the engine read it (by an op
+     * of this very batch): no events without their session */
+    if (!exists(c, "SELECT 1 FROM sessions WHERE org_id = ? AND id = ?", op->org_id, op->id)) {
+        fail(op, LD_E_NOT_FOUND, "Session not found");
+        return;
+    }
     /* A session's log has no gaps: events continue the stored sequence or
      * are not stored.  A batch of the same session that failed before this
      * one (a failed commit, a full queue) would otherwise leave a hole that

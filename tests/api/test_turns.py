@@ -5,6 +5,7 @@ steering, idempotency and the event filters (reference sections 12, 14, 15,
 No sleeps are used to synchronise: turns are followed on SSE streams read
 with deadlines, or by polling with bounded deadlines.
 """
+import collections
 import json
 import re
 import time
@@ -886,3 +887,56 @@ def test_message_steered_into_a_failing_turn_gets_its_own_turn(api):
     assert second["data"]["input_message_id"] == m["id"]
     answer = [e for e in evs if e["type"] == "output.message.completed"][-1]
     assert "but answer me" in answer["data"]["message"]["content"][0]["text"]
+
+
+def test_delete_racing_a_message_one_of_them_wins(fresh_server):
+    """A DELETE and a message to the same idle session, sent together: the
+    API's busy check passes the DELETE before the message starts its turn,
+    and both ops reach the writer in one batch.  Whichever it runs first
+    wins: the session is gone and the message answers 404, or the turn runs
+    and the DELETE answers 409.  Never a 503, no events left without their
+    session, no session left active, nothing logged as a failed write."""
+    srv = fresh_server()
+    c = srv.client()
+    sids = [c.create_session({"title": "race %d" % i})["id"] for i in range(60)]
+    # a first turn each, so that the racing message's events continue a log
+    for sid in sids:
+        post_message(c, sid, "first")
+    for sid in sids:
+        wait_turn_end(c, sid)
+    auth = ("Authorization: %s\r\n" % srv.key).encode()
+    body = json.dumps(user_message("second")).encode()
+    outcomes = {}
+    for sid in sids:
+        with raw_connect(srv.port) as a, raw_connect(srv.port) as b:
+            a.sendall(b"DELETE /v1/sessions/%s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (sid.encode(), auth))
+            b.sendall(b"POST /v1/sessions/%s/messages HTTP/1.1\r\nHost: x\r\n%sContent-Type: "
+                      b"application/json\r\nContent-Length: %d\r\n\r\n%s"
+                      % (sid.encode(), auth, len(body), body))
+            deadline = time.monotonic() + 10
+            ra, _, _ = read_raw_response(a, deadline)
+            rb, _, _ = read_raw_response(b, deadline)
+        assert ra is not None and rb is not None, sid
+        outcomes[sid] = (ra.status_code, rb.status_code)
+        assert outcomes[sid] in ((204, 404), (409, 201)), (sid, ra, rb)
+        if rb.status_code == 404:
+            assert_problem(rb, 404)
+        if ra.status_code == 409:
+            assert_problem(ra, 409)
+    print("race outcomes:", sorted(collections.Counter(outcomes.values()).items()))
+    for sid, (d, m) in outcomes.items():
+        if d == 204:
+            expect(c.get("/v1/sessions/%s" % sid), 404)
+            expect(c.get("/v1/sessions/%s/events" % sid), 404)
+        else:
+            wait_turn_end(c, sid, turns=2)
+    log = srv.stderr_tail(10**7)
+    assert "event commit failed" not in log and "repaired a session" not in log, log[-3000:]
+    srv.stop_clean()
+    import os
+    import sqlite3
+    db = sqlite3.connect(os.path.join(srv.data_dir, "loopd.db"))
+    orphans = db.execute("SELECT count(*) FROM events WHERE session_id NOT IN"
+                         " (SELECT id FROM sessions)").fetchone()[0]
+    db.close()
+    assert orphans == 0
