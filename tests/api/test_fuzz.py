@@ -8,7 +8,8 @@ and changes it at one or more levels: JSON values swapped for other types,
 huge numbers, odd strings, keys removed or added; bytes of the body
 flipped, cut, repeated; the path's ID bent; query parameters invented;
 headers removed, repeated, garbled; Content-Length wrong; the request line
-itself changed.  Every case is sent on its own connection and must get:
+itself changed; sent after a valid request on the same connection, or in
+pieces.  Every case is sent on its own connection and must get:
 
   - a response within the deadline (the server's request timeout is 2 s;
     a request that stops short gets its 408 then);
@@ -68,11 +69,12 @@ INTERESTING_BYTES = [b"\"", b"\\", b"{", b"}", b"[", b"]", b",", b":", b"\x00", 
                      b"\x80", b"\xef\xbb\xbf"]
 QUERY_KEYS = ["limit", "offset", "order", "status", "search", "agent_id", "created_after",
               "created_before", "since_id", "since", "types", "exclude", "after", "before",
-              "include_archived", "cursor", "x"]
+              "include_archived", "cursor", "after_sequence", "pinned", "x"]
 QUERY_VALUES = ["", "0", "1", "-1", "20", "1000000", "99999999999999999999", "abc", "asc",
                 "desc", "active", "started", "idle", "2026-01-01T00:00:00Z",
                 "2026-13-45T99:99:99Z", "%", "%zz", "%00", "%e2%9c%93", "a+b", "true",
-                "session_" + "0" * 32, "x" * 3000]
+                "session_" + "0" * 32, "x" * 3000, "turn.completed", "output.message.delta",
+                "event_" + "0" * 32, "event_" + "f" * 32]
 HEADER_NAMES = ["Authorization", "X-Org-Id", "Content-Type", "Content-Length", "If-Match",
                 "If-None-Match", "Idempotency-Key", "Transfer-Encoding", "Expect",
                 "Connection", "Accept", "Last-Event-ID", "Host", "X-Junk"]
@@ -94,7 +96,8 @@ class Setup:
                        201).json()
             self.sessions.append(s["id"])
         post_message(api, self.sessions[0], "hello")
-        wait_turn_end(api, self.sessions[0])
+        events = wait_turn_end(api, self.sessions[0])
+        self.event_id = events[len(events) // 2]["id"]
 
 
 def session_body(rng, st):
@@ -162,6 +165,7 @@ def seed_request(rng, st):
         ("POST", "/v1/sessions/%s/messages" % sid, message_body(rng, st)),
         ("GET", "/v1/sessions/%s/messages" % sid, None),
         ("GET", "/v1/sessions/%s/events" % sid, None),
+        ("GET", "/v1/sessions/%s/sse" % sid, None),
         ("POST", "/v1/sessions/%s/tool-results" % sid,
          {"tool_results": [{"tool_call_id": "call_x", "result": {"ok": 1}}]}),
         ("POST", "/v1/agents", agent_body(rng, st)),
@@ -186,7 +190,12 @@ def seed_request(rng, st):
     if method == "POST" and path in ("/v1/sessions", "/v1/agents") and rng.random() < 0.3:
         headers.append(("Idempotency-Key", "fz-%d" % rng.randint(0, 20)))
     query = {}
-    if method == "GET" and rng.random() < 0.5:
+    if path.endswith("/sse"):
+        if rng.random() < 0.5:
+            query = {"since_id": st.event_id, "types": "turn.completed"}
+        else:
+            headers.append(("Last-Event-ID", st.event_id))
+    elif method == "GET" and rng.random() < 0.5:
         query = {"limit": "5", "offset": "0", "order": "desc"}
     return method, path, query, headers, body
 
@@ -284,9 +293,12 @@ def mutate_path(rng, path):
 
 
 def mutate_query(rng, query):
-    query = dict(query)
+    query = list(query.items())
     for _ in range(rng.randint(1, 4)):
-        query[rng.choice(QUERY_KEYS)] = rng.choice(QUERY_VALUES)
+        key = rng.choice(QUERY_KEYS)
+        # a key given many times (types=...&types=...) now and then
+        for _ in range(rng.choice([1, 1, 1, 2, 30])):
+            query.append((key, rng.choice(QUERY_VALUES)))
     return query
 
 
@@ -347,7 +359,8 @@ def build(rng, st):
         what.append("headers")
     target = path
     if query:
-        target += "?" + "&".join("%s=%s" % kv for kv in query.items())
+        pairs = query.items() if isinstance(query, dict) else query
+        target += "?" + "&".join("%s=%s" % kv for kv in pairs)
     length = len(raw_body)
     if "length" in layers:
         length = rng.choice([0, max(0, length - rng.randint(1, 10)), length + 0])
@@ -449,9 +462,16 @@ def run_case(port, st, i, statuses):
         first = (b"GET /v1/sessions/%s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n"
                  % (st.sessions[1].encode(), st.key.encode()))
         what = "after a GET, " + what
+    # one case in five arrives in pieces (a head or body split anywhere)
+    cuts = sorted(rng.sample(range(1, len(first + data)), min(4, len(first + data) - 1))) \
+        if rng.random() < 0.2 else []
+    if cuts:
+        what += " in %d pieces" % (len(cuts) + 1)
     with raw_connect(port, timeout=DEADLINE) as s:
         try:
-            s.sendall(first + data)
+            out = first + data
+            for a, b in zip([0] + cuts, cuts + [len(out)]):
+                s.sendall(out[a:b])
         except (BrokenPipeError, ConnectionResetError):
             pass
         deadline = time.monotonic() + DEADLINE
@@ -467,6 +487,20 @@ def run_case(port, st, i, statuses):
                 return "case %d (FUZZ_SEED=%d FUZZ_ONLY=%d): no answer to the GET before it" % (
                     i, SEED, i)
             buf = buf[n:]
+        line = data.split(b"\r\n", 1)[0].split(b" ")
+        if len(line) > 1 and line[1].split(b"?")[0].endswith(b"/sse"):
+            # a stream that opens never ends: its head is the whole answer
+            while b"\r\n\r\n" not in buf and time.monotonic() < deadline:
+                r, _, _ = select.select([s], [], [], deadline - time.monotonic())
+                chunk = s.recv(65536) if r else b""
+                if not chunk:
+                    break
+                buf += chunk
+            head = buf.split(b"\r\n\r\n", 1)[0].lower()
+            if head.startswith(b"http/1.1 200") and b"content-type: text/event-stream" in head:
+                with statuses["lock"]:
+                    statuses["200 sse"] = statuses.get("200 sse", 0) + 1
+                return None
         resp, buf, ended = read_raw_response(s, deadline, buf)
     err = check(resp, buf, ended, data)
     key = resp.status_code if resp is not None else ended
