@@ -19,6 +19,10 @@ pieces.  Every case is sent on its own connection and must get:
     the HTTP code and whose `detail` is a non-empty string;
   - for 2xx with a JSON content type, a body that parses as JSON.
 
+One case in five carries a second org's key while naming the first org's
+IDs: no 2xx for a path with such an ID, no such ID in a 2xx body that
+the request did not send, no session bound to the other org's agent.
+
 At the end /healthz still answers, the session counts of /stats equal the
 rows a list counts (before and after a restart), and the server exits 0
 on SIGTERM (so under `make api-asan` no sanitizer report went unnoticed).
@@ -42,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import (expect, post_message, raw_connect, read_raw_response, start_server,
+from conftest import (DEFAULT_ORG, expect, post_message, raw_connect, read_raw_response, start_server,
                       wait_for, wait_turn_end)
 
 CASES = int(os.environ.get("FUZZ_CASES", "1500"))
@@ -98,6 +102,19 @@ class Setup:
         post_message(api, self.sessions[0], "hello")
         events = wait_turn_end(api, self.sessions[0])
         self.event_id = events[len(events) // 2]["id"]
+        # a second org, with a session and an agent of its own: one case in
+        # five is sent with its key, at the first org's IDs
+        org2 = srv.new_org()
+        self.key2 = org2["key"]
+        api2 = srv.client(key=self.key2)
+        s2 = expect(api2.post("/v1/sessions", {"title": "other org"}), 201).json()
+        a2 = expect(api2.post("/v1/agents", {"name": "other-agent", "system_prompt": "x"}), 201).json()
+        # what each org's answers must never show of the other's
+        self.owned = {
+            1: {org2["org_id"].encode(), s2["id"].encode(), a2["id"].encode()},
+            2: {DEFAULT_ORG.encode(), self.agent_id.encode(), self.event_id.encode()}
+            | {sid.encode() for sid in self.sessions},
+        }
 
 
 def session_body(rng, st):
@@ -145,7 +162,7 @@ def message_body(rng, st):
     return body
 
 
-def seed_request(rng, st):
+def seed_request(rng, st, org):
     """One valid request: (method, path, query dict, headers list, body or None)."""
     sid = rng.choice(st.sessions)
     aid = rng.choice([st.agent_id, st.agent_name])
@@ -184,7 +201,8 @@ def seed_request(rng, st):
         ("GET", "/", None),
     ]
     method, path, body = rng.choice(choices)
-    headers = [("Host", "127.0.0.1"), ("Authorization", "Bearer " + st.key)]
+    headers = [("Host", "127.0.0.1"),
+               ("Authorization", "Bearer " + (st.key if org == 1 else st.key2))]
     if body is not None:
         headers.append(("Content-Type", "application/json"))
     if method == "POST" and path in ("/v1/sessions", "/v1/agents") and rng.random() < 0.3:
@@ -325,9 +343,11 @@ def mutate_headers(rng, headers, st):
 
 
 def build(rng, st):
-    """One case: (bytes to send, a short description)."""
-    method, path, query, headers, body = seed_request(rng, st)
-    what = []
+    """One case: (bytes to send, a short description, the org whose key it
+    carries)."""
+    org = 2 if rng.random() < 0.2 else 1
+    method, path, query, headers, body = seed_request(rng, st, org)
+    what = ["org 2"] if org == 2 else []
     raw_body = json.dumps(body).encode() if body is not None else b""
     # one case in ten is sent as it is: those create sessions and agents,
     # post messages and start turns while the rest arrive
@@ -386,7 +406,7 @@ def build(rng, st):
             head += b"\r\n"
         what.append("head")
     data = head + b"\r\n" + raw_body
-    return data, "%s %s [%s]" % (method, target[:80], ",".join(what) or "valid")
+    return data, "%s %s [%s]" % (method, target[:80], ",".join(what) or "valid"), org
 
 
 TOKEN_RE = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -439,6 +459,29 @@ def check(resp, buf, ended, sent):
     return None
 
 
+def check_isolation(resp, sent, foreign, foreign_key):
+    """None unless the answer shows what belongs to another org: one of its
+    IDs in a 2xx body (that the request did not send), a 2xx for a path
+    naming one of its IDs, or a resource bound to its agent.  (Not judged
+    when a mutation put the other org's key into the request.)"""
+    if resp is None or not 200 <= resp.status_code < 300 or foreign_key.encode() in sent:
+        return None
+    line = sent.split(b"\r\n", 1)[0].split(b" ")
+    path = line[1].split(b"?")[0] if len(line) > 1 else b""
+    for fid in foreign:
+        if fid in path:
+            return "another org's %r answered %d: %r" % (fid, resp.status_code, resp.content[:300])
+        if fid in resp.content and fid not in sent:
+            return "another org's %r shown: %r" % (fid, resp.content[:600])
+    try:
+        body = json.loads(resp.content) if resp.content else None
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and str(body.get("agent_id", "")).encode() in foreign:
+        return "bound to another org's agent: %r" % (resp.content[:600],)
+    return None
+
+
 def first_response_length(buf):
     """Bytes taken by the first response in buf (one with a Content-Length),
     or None while it is incomplete."""
@@ -454,7 +497,7 @@ def first_response_length(buf):
 
 def run_case(port, st, i, statuses):
     rng = random.Random(SEED * 10**7 + i)
-    data, what = build(rng, st)
+    data, what, org = build(rng, st)
     # one case in five follows a valid request on the same connection: the
     # connection's state after one request must not leak into the next
     first = b""
@@ -502,7 +545,8 @@ def run_case(port, st, i, statuses):
                     statuses["200 sse"] = statuses.get("200 sse", 0) + 1
                 return None
         resp, buf, ended = read_raw_response(s, deadline, buf)
-    err = check(resp, buf, ended, data)
+    err = check(resp, buf, ended, data) or check_isolation(resp, data, st.owned[org],
+                                                               st.key if org == 2 else st.key2)
     key = resp.status_code if resp is not None else ended
     with statuses["lock"]:
         statuses[key] = statuses.get(key, 0) + 1
