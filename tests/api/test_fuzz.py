@@ -45,9 +45,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 
 from conftest import (DEFAULT_ORG, expect, post_message, raw_connect, read_raw_response, start_server,
-                      wait_for, wait_turn_end)
+                      user_message, wait_for, wait_turn_end)
 
 CASES = int(os.environ.get("FUZZ_CASES", "1500"))
 SEED = int(os.environ.get("FUZZ_SEED", "1"))
@@ -548,8 +549,16 @@ def run_case(port, st, i, statuses):
     err = check(resp, buf, ended, data) or check_isolation(resp, data, st.owned[org],
                                                                st.key if org == 2 else st.key2)
     key = resp.status_code if resp is not None else ended
+    created = None
+    if resp is not None and resp.status_code == 201:
+        try:
+            created = json.loads(resp.content).get("id")
+        except (ValueError, AttributeError):
+            pass
     with statuses["lock"]:
         statuses[key] = statuses.get(key, 0) + 1
+        if isinstance(created, str) and created.startswith("session_"):
+            statuses.setdefault("created", []).append(created)
     if err:
         return "case %d (FUZZ_SEED=%d FUZZ_ONLY=%d) %s: %s\nsent: %r" % (
             i, SEED, i, what, err, data[:600])
@@ -584,7 +593,7 @@ def test_random_requests_get_well_formed_answers(fuzz_server):
                       flush=True)
     # what the cases reached, for whoever tunes the mutators (pytest -s)
     print("fuzz: %d cases, answers by status: %s" % (
-        len(cases), ", ".join("%s: %d" % kv for kv in sorted(statuses.items(), key=str) if kv[0] != "lock")))
+        len(cases), ", ".join("%s: %d" % kv for kv in sorted(statuses.items(), key=str) if kv[0] not in ("lock", "created"))))
     assert srv.alive(), "loopd died:\n" + srv.stderr_tail()
     assert not failures, "%d of %d cases failed; the first ones:\n%s" % (
         len(failures), len(cases), "\n\n".join(sorted(failures)[:int(os.environ.get("FUZZ_SHOW", "8"))]))
@@ -614,3 +623,89 @@ def assert_counts_match_rows(api):
     assert got is True
     final = counts()
     assert final is True, "stats (total, started, active, idle, waiting) %r != rows %r" % final
+
+
+def test_kill9_amid_random_requests_loses_nothing_and_leaves_nothing_running(_binary_exists):
+    """Random requests from 8 clients, each case followed by a valid write
+    (a create, or a message that starts a turn), the server killed with
+    SIGKILL in the middle of them (turns running, writes in flight), then
+    started again on the same data: every session whose create was answered
+    201 is there, every message answered 201 is in its session, no session
+    stays active (each turn in flight is resumed and ends), the counts still
+    match the rows, no event outlives its session, and the database passes
+    integrity_check."""
+    import signal
+    import sqlite3
+    srv = start_server()
+    st = Setup(srv)
+    n = min(CASES, 3000)
+    killed, lock = threading.Event(), threading.Lock()
+    statuses = {"lock": lock}
+    failures, done = [], [0]
+
+    acked_msgs = []  # (session, message) whose POST was answered 201
+    api = srv.client()
+
+    def write(i):
+        """A valid write beside each random case: a create, or a message
+        to a session created so, which starts a turn (llmsim, a few ms)."""
+        mine = statuses.get("created", [])
+        if i % 3 == 0 or not mine:
+            r = api.post("/v1/sessions", {"title": "w%d" % i, "tags": ["kill9"]}, timeout=5)
+            if r.status_code == 201:
+                with lock:
+                    statuses.setdefault("created", []).append(r.json()["id"])
+        else:
+            sid = mine[i % len(mine)]
+            r = api.post("/v1/sessions/%s/messages" % sid,
+                         user_message("turn %d" % i, {"latency_ms": 5}), timeout=5)
+            if r.status_code == 201:
+                with lock:
+                    acked_msgs.append((sid, r.json()["id"]))
+
+    def one(i):
+        if killed.is_set():
+            return
+        try:
+            err = run_case(srv.port, st, i, statuses)
+            write(i)
+        except (OSError, requests.RequestException):
+            err = None if killed.is_set() else "case %d: %s" % (i, "connection failed")
+        with lock:
+            if err and not killed.is_set():
+                failures.append(err)
+            done[0] += 1
+            if done[0] == n * 3 // 5 and not killed.is_set():
+                killed.set()
+                srv.expect_dead = True
+                srv.proc.send_signal(signal.SIGKILL)
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(one, range(n)))
+    assert killed.is_set()
+    assert not failures, "\n\n".join(failures[:8])
+    srv.stop(signal.SIGKILL)
+    srv.expect_dead = False
+    srv.start()
+    active = expect(srv.client().get("/v1/sessions/stats"), 200).json()["active"]
+    created = statuses.get("created", [])
+    assert created, "no create was answered before the kill"
+    c1, c2 = srv.client(), srv.client(key=st.key2)
+    for sid in created:
+        if c1.get("/v1/sessions/" + sid).status_code != 200:
+            expect(c2.get("/v1/sessions/" + sid), 200)
+    for sid, mid in acked_msgs:
+        msgs = expect(c1.get("/v1/sessions/%s/messages" % sid, params={"limit": 100}),
+                      200).json()["data"]
+        assert mid in [m["id"] for m in msgs], (sid, mid)
+    print("kill9: %d creates and %d messages answered before the kill, %d sessions active"
+          " at restart" % (len(created), len(acked_msgs), active))
+    assert_counts_match_rows(c1)
+    assert_counts_match_rows(c2)
+    srv.stop_clean()
+    db = sqlite3.connect(os.path.join(srv.data_dir, "loopd.db"))
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    orphans = db.execute("SELECT count(*) FROM events WHERE session_id NOT IN"
+                         " (SELECT id FROM sessions)").fetchone()[0]
+    db.close()
+    assert orphans == 0
