@@ -370,6 +370,13 @@ static void deleted_done(struct store_op *op)
         reply_empty(r, 204, NULL, 0);
 }
 
+static void session_deleted_done(struct store_op *op)
+{
+    struct req *r = op->ud;
+    if (op->err == LD_OK) engine_session_deleted(r->eng, op->id);
+    deleted_done(op);
+}
+
 void h_session_delete(struct req *r)
 {
     struct session_rec cur;
@@ -379,7 +386,7 @@ void h_session_delete(struct req *r)
                       "Session has a turn in progress; cancel it (POST .../cancel) first");
         return;
     }
-    struct store_op *op = op_new(r, SOP_SESSION_DELETE, deleted_done);
+    struct store_op *op = op_new(r, SOP_SESSION_DELETE, session_deleted_done);
     op->org_id = r->who.org_id;
     op->id = r->params[0];
     op_submit(r, op);

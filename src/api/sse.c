@@ -190,6 +190,16 @@ static void on_event(struct engine_sub *sub, const struct event_rec *ev)
     mark_dirty(x);
 }
 
+/* the session is gone: the stream ends (a client that reconnects is told
+ * 404) once what it was sent before has gone out */
+static void on_gone(struct engine_sub *sub)
+{
+    struct sse *x = sub->ud;
+    if (x->dead) return;
+    end_stream(x);
+    mark_dirty(x);
+}
+
 static void replay_page(struct sse *x)
 {
     struct arena a;
@@ -405,6 +415,7 @@ void h_sse(struct req *r)
         put_piece(x, "event: connected\nretry: 100\ndata: {\"status\":\"connected\"}\n\n");
     }
     x->sub.on_event = on_event;
+    x->sub.on_gone = on_gone;
     x->sub.ud = x;
     x->next = g_streams;
     if (g_streams) g_streams->prev = x;

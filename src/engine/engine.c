@@ -1692,6 +1692,15 @@ int64_t engine_subscribe(struct engine *e, const struct session_rec *s, struct e
     return ls->committed_seq;
 }
 
+void engine_session_deleted(struct engine *e, const char *session_id)
+{
+    struct live *ls = live_find(e, session_id);
+    if (!ls) return;
+    /* on_gone only marks a stream to end; it leaves the list as it is */
+    for (struct engine_sub *s = ls->subs; s; s = s->next)
+        if (s->on_gone) s->on_gone(s);
+}
+
 void engine_unsubscribe(struct engine *e, const char *session_id, struct engine_sub *sub)
 {
     struct live *ls = live_find(e, session_id);
@@ -2043,6 +2052,7 @@ static void repair(struct engine *e, struct live *ls)
     ls->next_seq = ls->committed_seq + 1;
     if (err == LD_E_NOT_FOUND) {
         ls->queued = 0; /* deleted meanwhile */
+        engine_session_deleted(e, ls->id);
     } else if (row.status == SS_ACTIVE || row.status == SS_WAITING) {
         recover_turn(e, ls, row.turn_id,
                      "A write of this turn failed and the turn could not be resumed.");

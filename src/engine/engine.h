@@ -64,14 +64,18 @@ void engine_tool_results(struct engine *e, const struct session_rec *s,
 typedef void (*engine_cancel_fn)(void *ud, enum ld_err err, int cancelled);
 void engine_cancel(struct engine *e, const struct session_rec *s, engine_cancel_fn fn, void *ud);
 
-/* Subscribers get every committed event of one session, in order. */
+/* Subscribers get every committed event of one session, in order, and
+ * on_gone (if set) once the session is deleted: nothing more will come. */
 struct engine_sub {
     struct engine_sub *next;
     void (*on_event)(struct engine_sub *sub, const struct event_rec *ev);
+    void (*on_gone)(struct engine_sub *sub);
     void *ud;
 };
 /* Returns the highest committed sequence at subscription time. */
 int64_t engine_subscribe(struct engine *e, const struct session_rec *s, struct engine_sub *sub);
 void engine_unsubscribe(struct engine *e, const char *session_id, struct engine_sub *sub);
+/* The session was deleted (its delete is durable): tells its subscribers. */
+void engine_session_deleted(struct engine *e, const char *session_id);
 
 #endif

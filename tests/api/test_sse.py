@@ -394,3 +394,34 @@ def test_a_reader_that_stops_reading_is_ended_and_resumes_without_gaps(fresh_ser
     resumed = open_sse(srv, sid, headers={"Last-Event-ID": got[-1]})
     rest = resumed.read_until(lambda f: f.id == ids[-1], timeout=30)
     assert got + [f.id for f in rest] == ids
+
+
+def test_deleting_a_session_ends_its_streams(server, api):
+    """Streams of a deleted session end (after what they were sent) instead
+    of idling forever; one that reconnects is told 404.  Streams of other
+    sessions go on."""
+    sid = api.create_session()["id"]
+    other = api.create_session()["id"]
+    post_message(api, sid, "before the delete")
+    log = wait_turn_end(api, sid)
+    streams = [open_sse(server, sid) for _ in range(3)]
+    keep = open_sse(server, other)
+    try:
+        for s in streams:  # each has replayed the log and is live
+            frames = s.read_until(lambda f: f.event == "session.idled", 10)
+            assert [sse_event(f, sid) for f in frames] == log
+        r = api.delete("/v1/sessions/" + sid)
+        assert r.status_code == 204, r.text
+        for s in streams:
+            assert s.next_event(10) is None, "the stream did not end"
+            assert s.eof
+        again = SSEStream(server, "/v1/sessions/%s/sse" % sid)
+        assert again.status == 404, again.status
+        again.close()
+        keep.expect_silence(0.3)  # still open: no EOF, nothing sent
+        post_message(api, other, "still here")
+        frames = keep.read_until(lambda f: f.event == "session.idled", 10)
+        assert [sse_event(f, other) for f in frames] == wait_turn_end(api, other)
+    finally:
+        for s in streams + [keep]:
+            s.close()
