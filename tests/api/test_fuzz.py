@@ -44,7 +44,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import requests
 
 from conftest import (DEFAULT_ORG, expect, post_message, raw_connect, read_raw_response, start_server,
@@ -496,24 +495,60 @@ def first_response_length(buf):
     return head_end + 4 + n if len(buf) >= head_end + 4 + n else None
 
 
-def run_case(port, st, i, statuses):
+def recv_until(sock, buf, done, deadline):
+    """Receive onto buf until done(buf), EOF or the deadline; returns buf."""
+    while not done(buf) and time.monotonic() < deadline:
+        r, _, _ = select.select([sock], [], [], deadline - time.monotonic())
+        chunk = sock.recv(65536) if r else b""
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+class Tally:
+    """What the cases of a run got, from all the worker threads."""
+
+    def __init__(self, ignore_failures_once=None):
+        self.lock = threading.Lock()
+        self.statuses = {}  # status code (or "timeout", "200 sse") -> cases
+        self.created = []   # sessions whose create was answered 201
+        self.failures = []
+        self.ignore = ignore_failures_once  # an Event: set, failures no longer count
+
+    def add(self, status, created=None, failure=None):
+        with self.lock:
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            if created:
+                self.created.append(created)
+            if failure and not (self.ignore and self.ignore.is_set()):
+                self.failures.append(failure)
+
+    def summary(self):
+        with self.lock:
+            return ", ".join("%s: %d" % kv for kv in sorted(self.statuses.items(), key=str))
+
+
+def run_case(port, st, i, tally):
+    """Builds case i, sends it, judges the answer; the verdict goes to tally."""
     rng = random.Random(SEED * 10**7 + i)
     data, what, org = build(rng, st)
+    name = "case %d (FUZZ_SEED=%d FUZZ_ONLY=%d) %s" % (i, SEED, i, what)
     # one case in five follows a valid request on the same connection: the
     # connection's state after one request must not leak into the next
     first = b""
     if rng.random() < 0.2:
         first = (b"GET /v1/sessions/%s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n"
                  % (st.sessions[1].encode(), st.key.encode()))
-        what = "after a GET, " + what
+        name += ", after a GET"
     # one case in five arrives in pieces (a head or body split anywhere)
-    cuts = sorted(rng.sample(range(1, len(first + data)), min(4, len(first + data) - 1))) \
+    out = first + data
+    cuts = sorted(rng.sample(range(1, len(out)), min(4, len(out) - 1))) \
         if rng.random() < 0.2 else []
     if cuts:
-        what += " in %d pieces" % (len(cuts) + 1)
+        name += ", in %d pieces" % (len(cuts) + 1)
     with raw_connect(port, timeout=DEADLINE) as s:
         try:
-            out = first + data
             for a, b in zip([0] + cuts, cuts + [len(out)]):
                 s.sendall(out[a:b])
         except (BrokenPipeError, ConnectionResetError):
@@ -521,82 +556,50 @@ def run_case(port, st, i, statuses):
         deadline = time.monotonic() + DEADLINE
         buf = b""
         if first:
-            while (n := first_response_length(buf)) is None and time.monotonic() < deadline:
-                r, _, _ = select.select([s], [], [], deadline - time.monotonic())
-                chunk = s.recv(65536) if r else b""
-                if not chunk:
-                    break
-                buf += chunk
+            buf = recv_until(s, buf, lambda b: first_response_length(b) is not None, deadline)
+            n = first_response_length(buf)
             if n is None:
-                return "case %d (FUZZ_SEED=%d FUZZ_ONLY=%d): no answer to the GET before it" % (
-                    i, SEED, i)
+                tally.add("no answer to the GET", failure=name + ": no answer to the GET before it")
+                return
             buf = buf[n:]
         line = data.split(b"\r\n", 1)[0].split(b" ")
         if len(line) > 1 and line[1].split(b"?")[0].endswith(b"/sse"):
             # a stream that opens never ends: its head is the whole answer
-            while b"\r\n\r\n" not in buf and time.monotonic() < deadline:
-                r, _, _ = select.select([s], [], [], deadline - time.monotonic())
-                chunk = s.recv(65536) if r else b""
-                if not chunk:
-                    break
-                buf += chunk
+            buf = recv_until(s, buf, lambda b: b"\r\n\r\n" in b, deadline)
             head = buf.split(b"\r\n\r\n", 1)[0].lower()
             if head.startswith(b"http/1.1 200") and b"content-type: text/event-stream" in head:
-                with statuses["lock"]:
-                    statuses["200 sse"] = statuses.get("200 sse", 0) + 1
-                return None
+                tally.add("200 sse")
+                return
         resp, buf, ended = read_raw_response(s, deadline, buf)
     err = check(resp, buf, ended, data) or check_isolation(resp, data, st.owned[org],
                                                                st.key if org == 2 else st.key2)
-    key = resp.status_code if resp is not None else ended
     created = None
     if resp is not None and resp.status_code == 201:
         try:
             created = json.loads(resp.content).get("id")
         except (ValueError, AttributeError):
             pass
-    with statuses["lock"]:
-        statuses[key] = statuses.get(key, 0) + 1
-        if isinstance(created, str) and created.startswith("session_"):
-            statuses.setdefault("created", []).append(created)
-    if err:
-        return "case %d (FUZZ_SEED=%d FUZZ_ONLY=%d) %s: %s\nsent: %r" % (
-            i, SEED, i, what, err, data[:600])
-    return None
+    tally.add(resp.status_code if resp is not None else ended,
+              created if isinstance(created, str) and created.startswith("session_") else None,
+              "%s: %s\nsent: %r" % (name, err, data[:600]) if err else None)
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(_binary_exists):
+def test_random_requests_get_well_formed_answers(_binary_exists):
     srv = start_server()
-    yield srv
-    if srv.alive():
-        srv.stop_clean()
-
-
-def test_random_requests_get_well_formed_answers(fuzz_server):
-    srv = fuzz_server
     st = Setup(srv)
     cases = [int(ONLY)] if ONLY is not None else range(CASES)
-    failures, lock = [], threading.Lock()
-    statuses = {"lock": lock}
-
-    def one(i):
-        err = run_case(srv.port, st, i, statuses)
-        if err:
-            with lock:
-                failures.append(err)
-
+    tally = Tally()
     with ThreadPoolExecutor(WORKERS) as pool:
-        for n, _ in enumerate(pool.map(one, cases), 1):
+        for n, _ in enumerate(pool.map(lambda i: run_case(srv.port, st, i, tally), cases), 1):
             if len(cases) >= 20000 and n % (len(cases) // 10) == 0:
-                print("fuzz: %d of %d cases, %d failed" % (n, len(cases), len(failures)),
+                print("fuzz: %d of %d cases, %d failed" % (n, len(cases), len(tally.failures)),
                       flush=True)
     # what the cases reached, for whoever tunes the mutators (pytest -s)
-    print("fuzz: %d cases, answers by status: %s" % (
-        len(cases), ", ".join("%s: %d" % kv for kv in sorted(statuses.items(), key=str) if kv[0] not in ("lock", "created"))))
+    print("fuzz: %d cases, answers by status: %s" % (len(cases), tally.summary()))
     assert srv.alive(), "loopd died:\n" + srv.stderr_tail()
-    assert not failures, "%d of %d cases failed; the first ones:\n%s" % (
-        len(failures), len(cases), "\n\n".join(sorted(failures)[:int(os.environ.get("FUZZ_SHOW", "8"))]))
+    assert not tally.failures, "%d of %d cases failed; the first ones:\n%s" % (
+        len(tally.failures), len(cases),
+        "\n\n".join(sorted(tally.failures)[:int(os.environ.get("FUZZ_SHOW", "8"))]))
     expect(srv.client().get("/healthz"), 200)
     # the counts the writer keeps beside the rows still match the rows, once
     # the turns the cases started are over, and again after a restart
@@ -639,41 +642,39 @@ def test_kill9_amid_random_requests_loses_nothing_and_leaves_nothing_running(_bi
     srv = start_server()
     st = Setup(srv)
     n = min(CASES, 3000)
-    killed, lock = threading.Event(), threading.Lock()
-    statuses = {"lock": lock}
-    failures, done = [], [0]
-
+    killed = threading.Event()
+    tally = Tally(ignore_failures_once=killed)  # what fails once the kill is on its way
+    done = [0]
     acked_msgs = []  # (session, message) whose POST was answered 201
     api = srv.client()
 
     def write(i):
         """A valid write beside each random case: a create, or a message
         to a session created so, which starts a turn (llmsim, a few ms)."""
-        mine = statuses.get("created", [])
+        with tally.lock:
+            mine = list(tally.created)
         if i % 3 == 0 or not mine:
             r = api.post("/v1/sessions", {"title": "w%d" % i, "tags": ["kill9"]}, timeout=5)
             if r.status_code == 201:
-                with lock:
-                    statuses.setdefault("created", []).append(r.json()["id"])
+                with tally.lock:
+                    tally.created.append(r.json()["id"])
         else:
             sid = mine[i % len(mine)]
             r = api.post("/v1/sessions/%s/messages" % sid,
                          user_message("turn %d" % i, {"latency_ms": 5}), timeout=5)
             if r.status_code == 201:
-                with lock:
+                with tally.lock:
                     acked_msgs.append((sid, r.json()["id"]))
 
     def one(i):
         if killed.is_set():
             return
         try:
-            err = run_case(srv.port, st, i, statuses)
+            run_case(srv.port, st, i, tally)
             write(i)
         except (OSError, requests.RequestException):
-            err = None if killed.is_set() else "case %d: %s" % (i, "connection failed")
-        with lock:
-            if err and not killed.is_set():
-                failures.append(err)
+            tally.add("connection failed", failure="case %d: connection failed" % i)
+        with tally.lock:
             done[0] += 1
             if done[0] == n * 3 // 5 and not killed.is_set():
                 killed.set()
@@ -683,12 +684,12 @@ def test_kill9_amid_random_requests_loses_nothing_and_leaves_nothing_running(_bi
     with ThreadPoolExecutor(WORKERS) as pool:
         list(pool.map(one, range(n)))
     assert killed.is_set()
-    assert not failures, "\n\n".join(failures[:8])
+    assert not tally.failures, "\n\n".join(tally.failures[:8])
     srv.stop(signal.SIGKILL)
     srv.expect_dead = False
     srv.start()
     active = expect(srv.client().get("/v1/sessions/stats"), 200).json()["active"]
-    created = statuses.get("created", [])
+    created = tally.created
     assert created, "no create was answered before the kill"
     c1, c2 = srv.client(), srv.client(key=st.key2)
     for sid in created:
