@@ -9,7 +9,7 @@ huge numbers, odd strings, keys removed or added; bytes of the body
 flipped, cut, repeated; the path's ID bent; query parameters invented;
 headers removed, repeated, garbled; Content-Length wrong; the request line
 itself changed; sent after a valid request on the same connection, or in
-pieces.  Every case is sent on its own connection and must get:
+pieces, or by a client that hangs up before the answer.  Every case is sent on its own connection and must get:
 
   - a response within the deadline (the server's request timeout is 2 s;
     a request that stops short gets its 408 then);
@@ -40,6 +40,8 @@ import os
 import random
 import re
 import select
+import socket
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -547,12 +549,23 @@ def run_case(port, st, i, tally):
         if rng.random() < 0.2 else []
     if cuts:
         name += ", in %d pieces" % (len(cuts) + 1)
+    # one case in twenty hangs up without reading the answer: after all of
+    # the request or part of it, with a FIN or a reset (the server's health
+    # at the end, and a sanitizer build's clean exit, judge those)
+    hang_up = rng.random() < 0.05
+    if hang_up:
+        out = out[:rng.randint(1, len(out))]
     with raw_connect(port, timeout=DEADLINE) as s:
         try:
             for a, b in zip([0] + cuts, cuts + [len(out)]):
                 s.sendall(out[a:b])
         except (BrokenPipeError, ConnectionResetError):
             pass
+        if hang_up:
+            if rng.random() < 0.5:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            tally.add("hung up")
+            return
         deadline = time.monotonic() + DEADLINE
         buf = b""
         if first:
