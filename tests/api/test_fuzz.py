@@ -48,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from conftest import (DEFAULT_ORG, expect, post_message, raw_connect, read_raw_response, start_server,
+from conftest import (DEFAULT_ORG, expect, post_message, raw_connect, read_raw_response,
                       user_message, wait_for, wait_turn_end)
 
 CASES = int(os.environ.get("FUZZ_CASES", "1500"))
@@ -597,8 +597,8 @@ def run_case(port, st, i, tally):
               "%s: %s\nsent: %r" % (name, err, data[:600]) if err else None)
 
 
-def test_random_requests_get_well_formed_answers(_binary_exists):
-    srv = start_server()
+def test_random_requests_get_well_formed_answers(fresh_server):
+    srv = fresh_server()
     st = Setup(srv)
     cases = [int(ONLY)] if ONLY is not None else range(CASES)
     tally = Tally()
@@ -641,7 +641,7 @@ def assert_counts_match_rows(api):
     assert final is True, "stats (total, started, active, idle, waiting) %r != rows %r" % final
 
 
-def test_kill9_amid_random_requests_loses_nothing_and_leaves_nothing_running(_binary_exists):
+def test_kill9_amid_random_requests_loses_nothing_and_leaves_nothing_running(fresh_server):
     """Random requests from 8 clients, each case followed by a valid write
     (a create, or a message that starts a turn), the server killed with
     SIGKILL in the middle of them (turns running, writes in flight), then
@@ -652,7 +652,7 @@ def test_kill9_amid_random_requests_loses_nothing_and_leaves_nothing_running(_bi
     integrity_check."""
     import signal
     import sqlite3
-    srv = start_server()
+    srv = fresh_server()
     st = Setup(srv)
     n = min(CASES, 3000)
     killed = threading.Event()
