@@ -30,7 +30,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,build/unit/%,$(UNIT_SRCS))
 ASAN_UNIT_BINS := $(patsubst tests/unit/%.c,build/asan/unit/%,$(UNIT_SRCS))
 ASAN_LIB_OBJS  := $(patsubst src/%.c,build/asan/obj/%.o,$(LIB_SRCS)) $(addprefix build/asan/obj/,$(GEN_O))
 
-.PHONY: all run test unit unit-asan api api-asan api-valgrind browser asan bench fuzz format check-format deps clean
+.PHONY: all run test unit unit-asan api api-asan api-valgrind browser asan bench fuzz fuzz-jfast format check-format deps clean
 
 all: build/loopd
 
@@ -109,6 +109,22 @@ fuzz: build/asan/loopd
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 FUZZ_CASES=$(FUZZ_CASES) FUZZ_SEED=$(FUZZ_SEED) \
 	$(PY) -m pytest -q -s tests/api/test_fuzz.py
 
+# coverage-guided fuzzing (clang's libFuzzer) of the fast JSON parse
+# against jansson: a text jfast takes must be json_loadb's, value and key
+# order alike.  New inputs are kept in build/fuzz/jfast-corpus; a failing
+# one is saved as build/fuzz/crash-* (rerun: build/fuzz/jfast FILE).
+FUZZ_SECONDS ?= 60
+build/fuzz/jfast: tests/fuzz/jfast_fuzz.c src/util/jfast.c src/util/jfast.h
+	@scripts/install-deps --fuzz
+	@mkdir -p build/fuzz
+	clang -std=c17 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined \
+		-fno-sanitize-recover=undefined \
+		-Isrc tests/fuzz/jfast_fuzz.c src/util/jfast.c -ljansson -o $@
+fuzz-jfast: build/fuzz/jfast
+	@mkdir -p build/fuzz/jfast-corpus
+	build/fuzz/jfast -max_total_time=$(FUZZ_SECONDS) -dict=tests/fuzz/json.dict \
+		-artifact_prefix=build/fuzz/ build/fuzz/jfast-corpus tests/fuzz/jfast-seeds
+
 # the resource suites again with the server under valgrind memcheck
 api-valgrind: build/loopd
 	LOOPD_BIN=scripts/valgrind-loopd $(PY) -m pytest -q tests/api/test_sessions.py \
@@ -135,10 +151,10 @@ bench:
 	bench/run
 
 format:
-	clang-format -i $(SRCS) $(wildcard src/*.h src/*/*.h) $(UNIT_SRCS)
+	clang-format -i $(SRCS) $(wildcard src/*.h src/*/*.h) $(UNIT_SRCS) tests/faults/failio.c tests/fuzz/*.c
 
 check-format:
-	@clang-format --dry-run -Werror $(SRCS) $(wildcard src/*.h src/*/*.h) $(UNIT_SRCS) tests/faults/failio.c
+	@clang-format --dry-run -Werror $(SRCS) $(wildcard src/*.h src/*/*.h) $(UNIT_SRCS) tests/faults/failio.c tests/fuzz/*.c
 
 clean:
 	rm -rf build
