@@ -376,18 +376,22 @@ static void agent_archive(struct conn *c, struct store_op *op)
 
 static void events_append(struct conn *c, struct store_op *op)
 {
-    /* the session may have been deleted since the engine read it (by an op
-     * of this very batch): no events without their session */
-    if (!exists(c, "SELECT 1 FROM sessions WHERE org_id = ? AND id = ?", op->org_id, op->id)) {
-        fail(op, LD_E_NOT_FOUND, "Session not found");
-        return;
-    }
     /* A session's log has no gaps: events continue the stored sequence or
      * are not stored.  A batch of the same session that failed before this
      * one (a failed commit, a full queue) would otherwise leave a hole that
      * no reader could tell from a lost event; this one fails too, and the
-     * engine repairs the session from what is stored (engine.c, "Repair"). */
-    if (op->nevents && op->events[0].seq > 1) {
+     * engine repairs the session from what is stored (engine.c, "Repair").
+     * The session itself may have been deleted since the engine read it (by
+     * an op of this very batch): no events without their session.  Its
+     * events went with it, so the gap check finds that too; the first
+     * batch of a log, which has no event before it, looks the session up. */
+    static const char session_sql[] = "SELECT 1 FROM sessions WHERE org_id = ? AND id = ?";
+    if (!op->nevents || op->events[0].seq == 1) {
+        if (!exists(c, session_sql, op->org_id, op->id)) {
+            fail(op, LD_E_NOT_FOUND, "Session not found");
+            return;
+        }
+    } else {
         sqlite3_stmt *q =
             conn_stmt(c, "SELECT 1 FROM events WHERE session_id = ? AND sequence = ?");
         if (!q) {
@@ -399,7 +403,10 @@ static void events_append(struct conn *c, struct store_op *op)
         int found = sqlite3_step(q) == SQLITE_ROW;
         sqlite3_reset(q);
         if (!found) {
-            fail(op, LD_E_UNAVAILABLE, STORE_REPAIR_DETAIL);
+            if (!exists(c, session_sql, op->org_id, op->id))
+                fail(op, LD_E_NOT_FOUND, "Session not found");
+            else
+                fail(op, LD_E_UNAVAILABLE, STORE_REPAIR_DETAIL);
             return;
         }
     }
