@@ -30,7 +30,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,build/unit/%,$(UNIT_SRCS))
 ASAN_UNIT_BINS := $(patsubst tests/unit/%.c,build/asan/unit/%,$(UNIT_SRCS))
 ASAN_LIB_OBJS  := $(patsubst src/%.c,build/asan/obj/%.o,$(LIB_SRCS)) $(addprefix build/asan/obj/,$(GEN_O))
 
-.PHONY: all run test unit unit-asan api api-asan api-valgrind browser asan bench fuzz fuzz-jfast format check-format deps clean
+.PHONY: all run test unit unit-asan api api-asan api-valgrind browser asan bench fuzz fuzz-jfast fuzz-http format check-format deps clean
 
 all: build/loopd
 
@@ -124,6 +124,21 @@ fuzz-jfast: build/fuzz/jfast
 	@mkdir -p build/fuzz/jfast-corpus
 	build/fuzz/jfast -max_total_time=$(FUZZ_SECONDS) -dict=tests/fuzz/json.dict \
 		-artifact_prefix=build/fuzz/ build/fuzz/jfast-corpus tests/fuzz/jfast-seeds
+
+# the same for the request head parser: tests/fuzz/http_fuzz.c includes
+# src/http/server.c (its parser is static) and links the rest of loopd,
+# all built by clang with ASan + UBSan
+FUZZ_CFLAGS := -std=c17 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Werror -Wno-unused-parameter \
+	-Isrc -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_LIB_SRCS := $(filter-out src/http/server.c,$(LIB_SRCS)) $(GEN)
+build/fuzz/http: tests/fuzz/http_fuzz.c $(SRCS) $(GEN) $(wildcard src/*.h src/*/*.h)
+	@scripts/install-deps --fuzz
+	@mkdir -p build/fuzz
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer tests/fuzz/http_fuzz.c $(FUZZ_LIB_SRCS) -o $@ $(LDLIBS)
+fuzz-http: build/fuzz/http
+	@mkdir -p build/fuzz/http-corpus
+	build/fuzz/http -max_total_time=$(FUZZ_SECONDS) -dict=tests/fuzz/http.dict \
+		-artifact_prefix=build/fuzz/ build/fuzz/http-corpus tests/fuzz/http-seeds
 
 # the resource suites again with the server under valgrind memcheck
 api-valgrind: build/loopd
