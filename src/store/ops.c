@@ -202,6 +202,12 @@ static int exists(struct conn *c, const char *sql, const char *a, const char *b)
     return r;
 }
 
+/* the op's session (op->org_id, op->id) is stored */
+static int session_exists(struct conn *c, const struct store_op *op)
+{
+    return exists(c, "SELECT 1 FROM sessions WHERE org_id = ? AND id = ?", op->org_id, op->id);
+}
+
 static void session_patch(struct conn *c, struct store_op *op)
 {
     const struct session_patch *p = op->patch;
@@ -227,7 +233,7 @@ static void session_patch(struct conn *c, struct store_op *op)
     sqlite3_bind_int64(st, 10, p->if_match);
     if (step_done(c, st, op)) return;
     if (sqlite3_changes(c->db) == 1) return;
-    if (exists(c, "SELECT 1 FROM sessions WHERE org_id = ? AND id = ?", op->org_id, op->id))
+    if (session_exists(c, op))
         fail(op, LD_E_PRECONDITION,
              "The session was changed since the ETag given in If-Match; fetch it again");
     else
@@ -253,7 +259,7 @@ static void session_delete(struct conn *c, struct store_op *op)
     sqlite3_bind_int(st, 4, SS_WAITING);
     if (step_done(c, st, op)) return;
     if (sqlite3_changes(c->db) == 1) return;
-    if (exists(c, "SELECT 1 FROM sessions WHERE org_id = ? AND id = ?", op->org_id, op->id))
+    if (session_exists(c, op))
         fail(op, LD_E_CONFLICT,
              "Session has a turn in progress; cancel it (POST .../cancel) first");
     else
@@ -262,7 +268,7 @@ static void session_delete(struct conn *c, struct store_op *op)
 
 static void pin(struct conn *c, struct store_op *op)
 {
-    if (!exists(c, "SELECT 1 FROM sessions WHERE org_id = ? AND id = ?", op->org_id, op->id)) {
+    if (!session_exists(c, op)) {
         fail(op, LD_E_NOT_FOUND, "Session not found");
         return;
     }
@@ -385,9 +391,8 @@ static void events_append(struct conn *c, struct store_op *op)
      * an op of this very batch): no events without their session.  Its
      * events went with it, so the gap check finds that too; the first
      * batch of a log, which has no event before it, looks the session up. */
-    static const char session_sql[] = "SELECT 1 FROM sessions WHERE org_id = ? AND id = ?";
     if (!op->nevents || op->events[0].seq == 1) {
-        if (!exists(c, session_sql, op->org_id, op->id)) {
+        if (!session_exists(c, op)) {
             fail(op, LD_E_NOT_FOUND, "Session not found");
             return;
         }
@@ -403,7 +408,7 @@ static void events_append(struct conn *c, struct store_op *op)
         int found = sqlite3_step(q) == SQLITE_ROW;
         sqlite3_reset(q);
         if (!found) {
-            if (!exists(c, session_sql, op->org_id, op->id))
+            if (!session_exists(c, op))
                 fail(op, LD_E_NOT_FOUND, "Session not found");
             else
                 fail(op, LD_E_UNAVAILABLE, STORE_REPAIR_DETAIL);

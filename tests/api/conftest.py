@@ -384,6 +384,27 @@ def read_raw_response(sock, deadline, buf=b""):
     return resp, buf, ended
 
 
+def recv_until(sock, pred, timeout=10, buf=b""):
+    """Receive onto `buf` until pred(buf) is true, EOF (or a reset), or the
+    timeout; returns (buf, eof)."""
+    deadline = time.monotonic() + timeout
+    while not pred(buf):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return buf, False
+        r, _, _ = select.select([sock], [], [], left)
+        if not r:
+            continue
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return buf, True
+        if not chunk:
+            return buf, True
+        buf += chunk
+    return buf, False
+
+
 def raw_connect(port, timeout=10):
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -39,7 +39,6 @@ import json
 import os
 import random
 import re
-import select
 import socket
 import struct
 import threading
@@ -48,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from conftest import (DEFAULT_ORG, expect, post_message, raw_connect, read_raw_response,
+from conftest import (DEFAULT_ORG, expect, post_message, raw_connect, read_raw_response, recv_until,
                       user_message, wait_for, wait_turn_end)
 
 CASES = int(os.environ.get("FUZZ_CASES", "1500"))
@@ -499,17 +498,6 @@ def first_response_length(buf):
     return head_end + 4 + n if len(buf) >= head_end + 4 + n else None
 
 
-def recv_until(sock, buf, done, deadline):
-    """Receive onto buf until done(buf), EOF or the deadline; returns buf."""
-    while not done(buf) and time.monotonic() < deadline:
-        r, _, _ = select.select([sock], [], [], deadline - time.monotonic())
-        chunk = sock.recv(65536) if r else b""
-        if not chunk:
-            break
-        buf += chunk
-    return buf
-
-
 class Tally:
     """What the cases of a run got, from all the worker threads."""
 
@@ -571,7 +559,8 @@ def run_case(port, st, i, tally):
         deadline = time.monotonic() + DEADLINE
         buf = b""
         if first:
-            buf = recv_until(s, buf, lambda b: first_response_length(b) is not None, deadline)
+            buf, _ = recv_until(s, lambda b: first_response_length(b) is not None,
+                                deadline - time.monotonic(), buf)
             n = first_response_length(buf)
             if n is None:
                 tally.add("no answer to the GET", failure=name + ": no answer to the GET before it")
@@ -580,7 +569,7 @@ def run_case(port, st, i, tally):
         line = data.split(b"\r\n", 1)[0].split(b" ")
         if len(line) > 1 and line[1].split(b"?")[0].endswith(b"/sse"):
             # a stream that opens never ends: its head is the whole answer
-            buf = recv_until(s, buf, lambda b: b"\r\n\r\n" in b, deadline)
+            buf, _ = recv_until(s, lambda b: b"\r\n\r\n" in b, deadline - time.monotonic(), buf)
             head = buf.split(b"\r\n\r\n", 1)[0].lower()
             if head.startswith(b"http/1.1 200") and b"content-type: text/event-stream" in head:
                 tally.add("200 sse")

@@ -2,39 +2,18 @@
 pipelining, Expect: 100-continue, HTTP/1.0, chunked request bodies, HEAD,
 and malformed request lines and headers answered with problems."""
 import json
-import select
 import socket
 import time
 
 import requests
 
-from conftest import (assert_problem, expect, parse_raw_response, raw_connect, raw_request, validate,
+from conftest import (assert_problem, recv_until, expect, parse_raw_response, raw_connect, raw_request, validate,
                       wait_for)
 
 
 def _get(path, key, extra=b"", version=b"HTTP/1.1"):
     return (b"GET %s %s\r\nHost: x\r\nAuthorization: %s\r\n" % (path.encode(), version, key.encode())
             + extra + b"\r\n")
-
-
-def _recv_until(sock, pred, timeout=10):
-    """Read until pred(buf) is true, EOF, or the timeout; returns (buf, eof)."""
-    buf, deadline = b"", time.monotonic() + timeout
-    while not pred(buf):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return buf, False
-        r, _, _ = select.select([sock], [], [], left)
-        if not r:
-            continue
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return buf, True
-        if not chunk:
-            return buf, True
-        buf += chunk
-    return buf, False
 
 
 def _split_responses(buf):
@@ -56,7 +35,7 @@ def test_keep_alive_serves_many_requests_on_one_connection(server):
     with raw_connect(server.port) as s:
         for _ in range(5):
             s.sendall(_get("/v1/sessions?limit=1", server.key))
-            buf, eof = _recv_until(s, lambda b: len(_split_responses(b)[0]) == 1)
+            buf, eof = recv_until(s, lambda b: len(_split_responses(b)[0]) == 1)
             (resp,), _ = _split_responses(buf)
             assert resp.status_code == 200, resp
             assert resp.headers.get("connection", "").lower() != "close"
@@ -69,7 +48,7 @@ def test_pipelined_requests_are_answered_in_order(api, server):
             + _get("/v1/sessions/session_" + "0" * 32, server.key))
     with raw_connect(server.port) as s:
         s.sendall(data)
-        buf, _ = _recv_until(s, lambda b: len(_split_responses(b)[0]) == 3)
+        buf, _ = recv_until(s, lambda b: len(_split_responses(b)[0]) == 3)
     resps, rest = _split_responses(buf)
     assert [r.status_code for r in resps] == [200, 200, 404], resps
     assert resps[0].json()["id"] == sid
@@ -84,10 +63,10 @@ def test_expect_100_continue_gets_an_interim_answer(server):
             % (server.key.encode(), len(body)))
     with raw_connect(server.port) as s:
         s.sendall(head)
-        buf, _ = _recv_until(s, lambda b: b"\r\n\r\n" in b, timeout=5)
+        buf, _ = recv_until(s, lambda b: b"\r\n\r\n" in b, timeout=5)
         assert buf == b"HTTP/1.1 100 Continue\r\n\r\n", buf[:200]
         s.sendall(body)
-        buf, _ = _recv_until(s, lambda b: len(_split_responses(b)[0]) == 1)
+        buf, _ = recv_until(s, lambda b: len(_split_responses(b)[0]) == 1)
     (resp,), _ = _split_responses(buf)
     assert resp.status_code == 201, resp
     assert resp.json()["title"] == "expect continue"
@@ -105,7 +84,7 @@ def test_oversized_body_refused_before_it_is_sent_with_expect(server):
 def test_http10_closes_after_the_answer(server):
     with raw_connect(server.port) as s:
         s.sendall(_get("/healthz", server.key, version=b"HTTP/1.0"))
-        buf, eof = _recv_until(s, lambda b: False, timeout=5)
+        buf, eof = recv_until(s, lambda b: False, timeout=5)
     assert eof, "the server kept an HTTP/1.0 connection open"
     resp = parse_raw_response(buf)
     assert resp.status_code == 200
@@ -115,7 +94,7 @@ def test_http10_closes_after_the_answer(server):
 def test_connection_close_is_honoured(server):
     with raw_connect(server.port) as s:
         s.sendall(_get("/healthz", server.key, extra=b"Connection: close\r\n"))
-        buf, eof = _recv_until(s, lambda b: False, timeout=5)
+        buf, eof = recv_until(s, lambda b: False, timeout=5)
     assert eof
     assert parse_raw_response(buf).status_code == 200
 
@@ -140,7 +119,7 @@ def test_head_has_the_length_and_no_body(api, server):
            % (sid.encode(), server.key.encode()))
     with raw_connect(server.port) as s:
         s.sendall(req + _get("/healthz", server.key))
-        buf, _ = _recv_until(s, lambda b: b.count(b"HTTP/1.1 200") >= 2 and b.endswith(b"}"), timeout=5)
+        buf, _ = recv_until(s, lambda b: b.count(b"HTTP/1.1 200") >= 2 and b.endswith(b"}"), timeout=5)
     head_end = buf.find(b"\r\n\r\n")
     head = buf[:head_end].decode("latin-1").lower()
     assert "content-length: %d" % len(full.content) in head, head
@@ -280,7 +259,7 @@ def test_half_closed_client_still_gets_its_answer(server):
                   b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                   % (server.key.encode(), len(body), body))
         s.shutdown(socket.SHUT_WR)
-        buf, eof = _recv_until(s, lambda b: False, timeout=10)
+        buf, eof = recv_until(s, lambda b: False, timeout=10)
     assert eof
     resp = parse_raw_response(buf)
     assert resp is not None and resp.status_code == 201, buf[:300]
