@@ -108,6 +108,15 @@ int conn_exec(struct conn *c, const char *sql)
     return sqlite3_exec(c->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
 }
 
+int conn_step(struct conn *c, const char *sql)
+{
+    sqlite3_stmt *st = conn_stmt(c, sql);
+    if (!st) return -1;
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -1;
+}
+
 void bind_text(sqlite3_stmt *s, int i, const char *v)
 {
     sqlite3_bind_text(s, i, v ? v : "", -1, SQLITE_STATIC);

@@ -54,6 +54,9 @@ void conn_close(struct conn *c);
 /* A prepared, reset statement for sql (cached by text). NULL on error. */
 sqlite3_stmt *conn_stmt(struct conn *c, const char *sql);
 int conn_exec(struct conn *c, const char *sql);
+/* Runs one statement without parameters through the cache (conn_exec
+ * parses its text on every call): 0 when it ran to the end. */
+int conn_step(struct conn *c, const char *sql);
 /* Ends the shared read transaction of a snapshot connection, if open. */
 void conn_end_snapshot(struct conn *c);
 
