@@ -182,7 +182,7 @@ static void run_batch(struct writer *w, struct store_op *batch)
     int n = 0;
     struct store_op *last = batch;
     sqlite3_int64 changes = sqlite3_total_changes64(w->c.db);
-    /* cached: parsing BEGIN and COMMIT took 1-2 % of a POST's instructions */
+    /* cached: parsing BEGIN and COMMIT was 3.6 % of a POST committed alone */
     int began = conn_step(&w->c, "BEGIN IMMEDIATE") == 0, lost = 0, wrote = 0;
     for (struct store_op *op = batch; op; op = op->next) {
         last = op;
