@@ -7,8 +7,8 @@ import time
 
 import requests
 
-from conftest import (assert_problem, recv_until, expect, parse_raw_response, raw_connect, raw_request, validate,
-                      wait_for)
+from conftest import (assert_problem, expect, parse_raw_response, raw_connect, raw_request,
+                      recv_until, validate, wait_for)
 
 
 def _get(path, key, extra=b"", version=b"HTTP/1.1"):
