@@ -218,12 +218,17 @@ int main(int argc, char **argv)
     sigprocmask(SIG_BLOCK, &mask, NULL);
     int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
 
+    char err[512];
+    int lfd = server_bind(&cfg, err, sizeof(err));
+    if (lfd < 0) {
+        log_error("cannot start the HTTP server", "err", err, NULL);
+        return 1;
+    }
     if (make_dir(cfg.data_dir)) {
         fprintf(stderr, "loopd: cannot create data dir %s: %s\n", cfg.data_dir, strerror(errno));
         return 1;
     }
     config_log(&cfg);
-    char err[512];
     struct store *st = store_open(cfg.data_dir, err, sizeof(err));
     if (!st) {
         log_error("cannot open the store", "err", err, NULL);
@@ -258,7 +263,7 @@ int main(int argc, char **argv)
     }
     /* turns a crash left running end as failed before anyone can look */
     if (engine_recover(eng) > 0) store_flush(st);
-    struct server *srv = server_start(&cfg, st, eng, l, err, sizeof(err));
+    struct server *srv = server_start(&cfg, lfd, st, eng, l, err, sizeof(err));
     if (!srv) {
         log_error("cannot start the HTTP server", "err", err, NULL);
         store_close(st);

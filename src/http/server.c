@@ -1637,17 +1637,27 @@ static int parse_listen(const char *listen, struct sockaddr_in *sa, char *err, s
     return 0;
 }
 
-struct server *server_start(const struct config *cfg, struct store *st, struct engine *eng,
-                            struct loop *l, char *err, size_t errlen)
+int server_bind(const struct config *cfg, char *err, size_t errlen)
 {
     struct sockaddr_in sa;
-    if (parse_listen(cfg->listen, &sa, err, errlen)) return NULL;
+    if (parse_listen(cfg->listen, &sa, err, errlen)) return -1;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int on = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0 ||
-        bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4096) < 0) {
+        bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         snprintf(err, errlen, "cannot listen on %s (%s)", cfg->listen, strerror(errno));
         if (fd >= 0) close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+struct server *server_start(const struct config *cfg, int fd, struct store *st, struct engine *eng,
+                            struct loop *l, char *err, size_t errlen)
+{
+    if (listen(fd, 4096) < 0) {
+        snprintf(err, errlen, "cannot listen on %s (%s)", cfg->listen, strerror(errno));
+        close(fd);
         return NULL;
     }
     struct server *s = xcalloc(1, sizeof(*s));
@@ -1669,7 +1679,7 @@ struct server *server_start(const struct config *cfg, struct store *st, struct e
         socklen_t bl = sizeof(bound);
         getsockname(fd, (struct sockaddr *)&bound, &bl);
         char host[64];
-        inet_ntop(AF_INET, &sa.sin_addr, host, sizeof(host));
+        inet_ntop(AF_INET, &bound.sin_addr, host, sizeof(host));
         if (strcmp(host, "0.0.0.0") == 0) snprintf(host, sizeof(host), "127.0.0.1");
         snprintf(s->base_url, sizeof(s->base_url), "http://%s:%u", host,
                  (unsigned)ntohs(bound.sin_port));

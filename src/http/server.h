@@ -12,7 +12,13 @@ struct store;
 struct server;
 
 struct engine;
-struct server *server_start(const struct config *cfg, struct store *st, struct engine *eng,
+/* Checks --listen and binds its address without listening yet: main calls
+ * it before it creates or opens the data dir, so that a bad or taken
+ * address leaves nothing behind, and connections are refused, not left
+ * waiting, until server_start listens.  Returns the socket, or -1. */
+int server_bind(const struct config *cfg, char *err, size_t errlen);
+/* Listens on fd (from server_bind; closed on failure) and serves. */
+struct server *server_start(const struct config *cfg, int fd, struct store *st, struct engine *eng,
                             struct loop *l, char *err, size_t errlen);
 /* Stops accepting new connections (SIGTERM, step 1). */
 void server_quiesce(struct server *s);

@@ -169,6 +169,29 @@ def test_unknown_flag_fails():
     assert res.returncode != 0
 
 
+def test_bad_or_taken_listen_address_leaves_nothing_behind(tmp_path):
+    """A typo in --listen, or a port another process holds, fails at once
+    with a message naming it, before the data dir or a key is created."""
+    import socket
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = "127.0.0.1:%d" % holder.getsockname()[1]
+    try:
+        for listen, words in (("127.0.0.1:80000", "bad port"), ("nohost:9300", "not an IPv4"),
+                              ("9300", "HOST:PORT"), (taken, "in use")):
+            data = tmp_path / ("data-" + listen.replace(":", "_"))
+            env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPD_")}
+            res = subprocess.run([LOOPD_BIN, "--listen", listen, "--data-dir", str(data)],
+                                 env=env, capture_output=True, timeout=10)
+            err = res.stderr.decode()
+            assert res.returncode == 1, (listen, err)
+            assert words in err and "evr_pat_" not in err, (listen, err)
+            assert not data.exists(), listen
+    finally:
+        holder.close()
+
+
 def test_admin_key_file(fresh_server):
     srv = fresh_server()
     path = os.path.join(srv.data_dir, "admin-key")
