@@ -67,6 +67,11 @@ enum conn_state { CS_NEW, CS_IDLE, CS_BODY, CS_BUSY, CS_WRITE, CS_LINGER };
 
 /* The request line may be this long (RFC 9112 suggests supporting 8000). */
 #define MAX_REQUEST_LINE 8192
+/* a problem's `instance` (the request path) is left out past this; the
+ * body's worst case, every byte of a 511-byte detail escaped as \u00XX and
+ * every byte of the instance as \", stays far below PROBLEM_BODY_MAX */
+#define MAX_INSTANCE 2048
+#define PROBLEM_BODY_MAX 16384
 #define MAX_CHUNK_LINE 1024
 #define READ_CHUNK 16384
 #define IN_FIRST 4096 /* a connection's first input buffer: most requests fit */
@@ -553,10 +558,19 @@ static void vproblem(struct req *r, enum ld_err e, const struct reply_header *h,
     /* one line of valid UTF-8 whatever a detail quotes from the request
      * (a header's obs-text bytes) and wherever the 512 bytes cut it */
     utf8_scrub(detail);
+    /* The path is echoed as `instance` once it is known to be printable,
+     * and only when short: a request line may be 8 KiB, and the body must
+     * stay whole (a path of 7 KB once overflowed the buffer, and the answer
+     * went out without its closing brace). */
+    const char *instance = r->path && r->path[0] == '/' ? r->path : NULL;
+    if (instance && strlen(instance) > MAX_INSTANCE) instance = NULL;
     struct buf b;
-    buf_init(&b, 4096);
-    /* the path is only echoed once it is known to be printable */
-    problem_body(&b, e, detail, r->path && r->path[0] == '/' ? r->path : NULL);
+    buf_init(&b, PROBLEM_BODY_MAX);
+    problem_body(&b, e, detail, instance);
+    if (b.overflow) { /* cannot happen within the bounds above; never send a cut body */
+        buf_reset(&b);
+        problem_body(&b, e, ld_err_title(e), NULL);
+    }
     struct resp *p = resp_new(ld_err_status(e), "application/problem+json");
     set_body(p, &b);
     if (e == LD_E_RATE_LIMITED || e == LD_E_UNAVAILABLE) resp_header(p, "Retry-After", "1");

@@ -433,6 +433,21 @@ def test_long_url_is_a_problem(bad, n):
     assert_problem(r, r.status_code)
 
 
+@pytest.mark.parametrize("n", [100, 2000, 4000, 7000, 8000])
+def test_long_unknown_path_gets_a_whole_problem(bad, n):
+    """An unknown path up to the request-line limit (8 KiB) is a 404 whose
+    problem body is whole JSON (a 7 KB path once overflowed the body and
+    cut its closing brace); the path comes back as `instance` when short."""
+    path = ("/v1/sessions/session_01a23f08ad467a959750ca327fda0836/x" + "a&b=1-" * n)[:n]
+    r = bad.client().post(path, data=b"")
+    assert_problem(r, 404)
+    body = r.json()
+    if len(path) <= 2048:
+        assert body["instance"] == path, body
+    else:
+        assert "instance" not in body, sorted(body)
+
+
 def test_server_still_serves_after_catalog(bad):
     # Normal requests still work, including a large-but-allowed header.
     c = bad.client()
