@@ -118,8 +118,20 @@ static int keys_main(struct config *cfg, int argc, char **argv)
             return 2;
         }
     }
-    if (make_dir(cfg->data_dir)) {
-        fprintf(stderr, "loopd keys: cannot create %s: %s\n", cfg->data_dir, strerror(errno));
+    if (strcmp(cmd, "create") && strcmp(cmd, "list") && strcmp(cmd, "revoke")) {
+        fprintf(stderr, "loopd keys: unknown command '%s' (create, list or revoke)\n", cmd);
+        return 2;
+    }
+    /* The keys are those of a server's database: a mistyped --data-dir
+     * must not create a new database (with an org and an admin key of its
+     * own) and answer for it as if it were the server's. */
+    char db[600];
+    snprintf(db, sizeof(db), "%s/loopd.db", cfg->data_dir);
+    if (access(db, F_OK)) {
+        fprintf(stderr,
+                "loopd keys: no loopd database in %s (%s); start loopd with --data-dir %s "
+                "first, or pass the server's --data-dir\n",
+                cfg->data_dir, strerror(errno), cfg->data_dir);
         return 1;
     }
     char err[512];
@@ -162,7 +174,7 @@ static int keys_main(struct config *cfg, int argc, char **argv)
         }
     } else if (strcmp(cmd, "list") == 0) {
         store_key_list(st, print_line, NULL);
-    } else if (strcmp(cmd, "revoke") == 0) {
+    } else { /* revoke */
         if (!arg) {
             fprintf(stderr, "loopd keys revoke: KEY_ID required\n");
             rc = 2;
@@ -176,9 +188,6 @@ static int keys_main(struct config *cfg, int argc, char **argv)
                 printf("{\"revoked\":\"%s\"}\n", arg);
             }
         }
-    } else {
-        fprintf(stderr, "loopd keys: unknown command '%s' (create, list, revoke)\n", cmd);
-        rc = 2;
     }
     store_close(st);
     return rc;

@@ -1,11 +1,13 @@
 """Authentication, API keys, organizations and tenant isolation."""
+import os
 import re
+import subprocess
 
 import pytest
 import requests
 
-from conftest import (ANON_USER, DEFAULT_ORG, HARNESS_GENERIC, assert_problem, expect,
-                      random_key, validate, id_re)
+from conftest import (ANON_USER, DEFAULT_ORG, HARNESS_GENERIC, LOOPD_BIN, assert_problem,
+                      expect, random_key, validate, id_re)
 
 
 @pytest.mark.parametrize("scheme", ["", "Bearer ", "bearer ", "BEARER ", "ApiKey ", "apikey ", "APIKEY "])
@@ -197,3 +199,22 @@ def test_auth_none_mode(fresh_server):
     # Pinning works for the anonymous user.
     expect(requests.put(srv.base + "/v1/sessions/%s/pin" % s["id"], timeout=5), 204)
     assert requests.get(srv.base + "/v1/sessions/" + s["id"], timeout=5).json()["is_pinned"] is True
+
+
+def test_keys_commands_need_the_servers_database(tmp_path):
+    """`loopd keys` against a data dir with no database (a mistyped path)
+    fails and names the path; it creates no database, org or key there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPD_")}
+    for args in (["create"], ["create", "--org", "new"], ["list"],
+                 ["revoke", "key_0123456789abcdef0123456789abcdef"]):
+        data = tmp_path / "typo"
+        res = subprocess.run([LOOPD_BIN, "keys"] + args[:1] + ["--data-dir", str(data)] + args[1:],
+                             env=env, capture_output=True, timeout=30)
+        err = res.stderr.decode()
+        assert res.returncode == 1, (args, res)
+        assert "no loopd database in " + str(data) in err, (args, err)
+        assert b"evr_pat_" not in res.stdout + res.stderr, args
+        assert not data.exists(), args
+    res = subprocess.run([LOOPD_BIN, "keys", "frob", "--data-dir", str(tmp_path)], env=env,
+                         capture_output=True, timeout=30)
+    assert res.returncode == 2 and b"unknown command" in res.stderr, res
