@@ -193,6 +193,18 @@ static int keys_main(struct config *cfg, int argc, char **argv)
     return rc;
 }
 
+/* A key someone chose goes in an Authorization header and must not be
+ * guessable: at least 16 visible ASCII characters (evr_pat_ + 48 hex is
+ * what loopd makes itself). */
+static int bootstrap_key_ok(const char *k)
+{
+    size_t n = strlen(k);
+    if (n < 16 || n > 200) return 0; /* the admin-key file gets a copy of at most 255 */
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)k[i] < 0x21 || (unsigned char)k[i] > 0x7e) return 0;
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     struct config cfg;
@@ -233,6 +245,12 @@ int main(int argc, char **argv)
         log_error("cannot start the HTTP server", "err", err, NULL);
         return 1;
     }
+    const char *boot = getenv("LOOPD_BOOTSTRAP_KEY");
+    if (boot && *boot && !bootstrap_key_ok(boot)) {
+        log_error("LOOPD_BOOTSTRAP_KEY must be 16 to 200 visible ASCII characters (no spaces)",
+                  NULL);
+        return 1;
+    }
     if (make_dir(cfg.data_dir)) {
         fprintf(stderr, "loopd: cannot create data dir %s: %s\n", cfg.data_dir, strerror(errno));
         return 1;
@@ -245,7 +263,6 @@ int main(int argc, char **argv)
     }
     store_set_queue_max(st, cfg.max_pending_writes);
     char key[256];
-    const char *boot = getenv("LOOPD_BOOTSTRAP_KEY");
     if (store_bootstrap(st, boot, key, sizeof(key)) != LD_OK) {
         log_error("bootstrap failed", NULL);
         store_close(st);

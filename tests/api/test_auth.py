@@ -218,3 +218,18 @@ def test_keys_commands_need_the_servers_database(tmp_path):
     res = subprocess.run([LOOPD_BIN, "keys", "frob", "--data-dir", str(tmp_path)], env=env,
                          capture_output=True, timeout=30)
     assert res.returncode == 2 and b"unknown command" in res.stderr, res
+
+
+@pytest.mark.parametrize("key", ["short", "evr_pat_ with space", "x" * 201,
+                                 "evr_pat_" + "\u00e9" * 8])
+def test_weak_or_malformed_bootstrap_key_is_refused(tmp_path, key):
+    """LOOPD_BOOTSTRAP_KEY must be a usable secret: 16 to 200 visible ASCII
+    characters.  Otherwise loopd exits 1 before it creates anything."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPD_")}
+    env["LOOPD_BOOTSTRAP_KEY"] = key
+    data = tmp_path / "data"
+    res = subprocess.run([LOOPD_BIN, "--listen", "127.0.0.1:0", "--data-dir", str(data)],
+                         env=env, capture_output=True, timeout=30)
+    assert res.returncode == 1, res
+    assert b"LOOPD_BOOTSTRAP_KEY must be" in res.stderr, res.stderr
+    assert not data.exists()
