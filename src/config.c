@@ -159,6 +159,44 @@ void config_usage(const char *prog)
            "help", "print this help", "version", "print the version");
 }
 
+/* An absolute http(s) URL without query or fragment, of characters a URL
+ * may hold unescaped: --public-url is copied into every self_url,
+ * view_url and Location as is (a `"` there made the bodies invalid JSON),
+ * and the model base URLs go to libcurl. */
+static int base_url_ok(const char *u)
+{
+    const char *h = strncmp(u, "http://", 7) == 0    ? u + 7
+                    : strncmp(u, "https://", 8) == 0 ? u + 8
+                                                     : NULL;
+    if (!h || !*h || *h == '/' || *h == ':') return 0;
+    for (const char *p = u; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch <= 0x20 || ch >= 0x7f || strchr("\"<>\\^`{|}?#", ch)) return 0;
+    }
+    return 1;
+}
+
+static int check_urls(const struct config *c)
+{
+    static const struct {
+        const char *flag;
+        size_t off;
+    } urls[] = {{"public-url", O(public_url)},
+                {"openai-base-url", O(openai_base_url)},
+                {"anthropic-base-url", O(anthropic_base_url)}};
+    for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++) {
+        const char *u = (const char *)c + urls[i].off;
+        if (*u && !base_url_ok(u)) {
+            fprintf(stderr,
+                    "loopd: --%s must be an http:// or https:// URL with a host and no query, "
+                    "fragment, spaces or quotes, got '%s'\n",
+                    urls[i].flag, u);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int config_load(struct config *c, int argc, char **argv, int *rest)
 {
     memset(c, 0, sizeof(*c));
@@ -199,6 +237,7 @@ int config_load(struct config *c, int argc, char **argv, int *rest)
         }
         if (set_opt(c, o, v, "flag")) return -1;
     }
+    if (check_urls(c)) return -1;
     if (rest) *rest = a;
     return 0;
 }

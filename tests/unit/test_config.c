@@ -158,9 +158,34 @@ static void test_listen_forms(void **state)
     assert_int_equal(rest, 3);
 
     /* a value may itself contain '=' */
-    char *a3[] = {"loopd", "--public-url=http://h/?a=b"};
+    char *a3[] = {"loopd", "--public-url=http://h/p=q"};
     assert_int_equal(config_load(&c, ARGC(a3), a3, NULL), 0);
-    assert_string_equal(c.public_url, "http://h/?a=b");
+    assert_string_equal(c.public_url, "http://h/p=q");
+}
+
+/* --public-url is copied into every self_url, view_url and Location as is,
+ * and the model base URLs go to libcurl: each must be an absolute http(s)
+ * URL of characters a URL holds unescaped. */
+static void test_urls_checked(void **state)
+{
+    (void)state;
+    struct config c;
+    static const char *good[] = {"http://h", "https://api.example.com:8443/v1",
+                                 "http://127.0.0.1:9300/base/", "https://h/a%20b/~x;y=z"};
+    static const char *bad[] = {"ftp://h",    "h:9300",      "http://",     "http:///path",
+                                "http://:9",  "http://h\"x", "http://h x",  "http://h/<a>",
+                                "http://h?q", "http://h/#f", "http://h\\x", "https://h/\x01"};
+    static const char *flags[] = {"--public-url", "--openai-base-url", "--anthropic-base-url"};
+    for (size_t f = 0; f < sizeof(flags) / sizeof(flags[0]); f++) {
+        for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+            char *a[] = {"loopd", (char *)flags[f], (char *)good[i]};
+            assert_int_equal(config_load(&c, ARGC(a), a, NULL), 0);
+        }
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+            char *a[] = {"loopd", (char *)flags[f], (char *)bad[i]};
+            assert_int_equal(config_load(&c, ARGC(a), a, NULL), -1);
+        }
+    }
 }
 
 /* Flags stop at the first non-flag word (a subcommand such as `keys`). */
@@ -312,6 +337,7 @@ int main(void)
         cmocka_unit_test_setup(test_last_flag_wins, clear_env),
         cmocka_unit_test_setup(test_listen_forms, clear_env),
         cmocka_unit_test_setup(test_rest_index, clear_env),
+        cmocka_unit_test_setup(test_urls_checked, clear_env),
         cmocka_unit_test_setup(test_enums, clear_env),
         cmocka_unit_test_setup(test_numbers_bounds, clear_env),
         cmocka_unit_test_setup(test_out_of_range, clear_env),
