@@ -626,7 +626,7 @@ int page_params(struct req *r, long *offset, long *limit)
     *offset = 0;
     *limit = LD_PAGE_DEFAULT;
     if (o && (parse_long(o, offset) || *offset < 0 || *offset > 1000000000L)) {
-        reply_problem(r, LD_E_BAD_REQUEST, "offset: must be a whole number >= 0");
+        reply_problem(r, LD_E_BAD_REQUEST, "offset: must be a whole number from 0 to 1000000000");
         return -1;
     }
     if (l && (parse_long(l, limit) || *limit < 1)) {

@@ -86,9 +86,14 @@ def test_offset_limit(lsrv):
 
 
 @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": -1}, {"offset": -1}, {"limit": "abc"},
-                                    {"offset": "1x"}, {"limit": "1e3"}, {"limit": "2.5"}])
+                                    {"offset": "1x"}, {"limit": "1e3"}, {"limit": "2.5"},
+                                    {"offset": 1000000001}, {"offset": 2**63 - 1}])
 def test_bad_pagination(lsrv, params):
-    assert_problem(lsrv.client().get("/v1/sessions", params=params), 400)
+    r = lsrv.client().get("/v1/sessions", params=params)
+    assert_problem(r, 400)
+    # the detail names the accepted range, the upper bound included
+    word = "offset" if "offset" in params else "limit"
+    assert r.json()["detail"].startswith(word + ": must be a whole number from "), r.json()
 
 
 def test_search_case_insensitive(lsrv):
