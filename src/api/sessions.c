@@ -266,12 +266,30 @@ void sessions_cache_free(void)
     replycache_free(&list_cache);
 }
 
+/* If-None-Match is "*" or a list of entity tags, any of which matches by
+ * the weak comparison (RFC 9110 13.1.2): `"1", W/"2"` matches "2". */
+static int inm_matches(const char *list, const char *etag)
+{
+    size_t n = strlen(etag);
+    const char *p = list;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        if (!*p) return 0;
+        if (*p == '*') return 1;
+        if (strncmp(p, "W/", 2) == 0) p += 2;
+        const char *end = *p == '"' ? strchr(p + 1, '"') : NULL;
+        if (!end) return 0; /* not an entity tag: nothing further can be trusted */
+        end++;
+        if ((size_t)(end - p) == n && memcmp(p, etag, n) == 0) return 1;
+        p = end;
+    }
+}
+
 static int not_modified(struct req *r, const char *etag)
 {
     const char *inm = req_header(r, "If-None-Match");
-    if (!inm || !(strcmp(inm, etag) == 0 || strcmp(inm, "*") == 0 ||
-                  (strncmp(inm, "W/", 2) == 0 && strcmp(inm + 2, etag) == 0)))
-        return 0;
+    if (!inm || !inm_matches(inm, etag)) return 0;
     struct reply_header h = {"ETag", etag};
     reply_empty(r, 304, &h, 1);
     return 1;

@@ -296,6 +296,19 @@ def test_get_etag_and_if_none_match(api):
     assert r3.headers["ETag"] != etag
 
 
+def test_if_none_match_takes_a_list(api):
+    """If-None-Match is a list of entity tags compared weakly (RFC 9110
+    13.1.2), as caches send it: any member matching is a 304."""
+    s = api.create_session({"title": "etag list"})
+    path = "/v1/sessions/" + s["id"]
+    etag = expect(api.get(path), 200).headers["ETag"]
+    for inm in ('"x", ' + etag, etag + ',"x"', '"a",  W/' + etag + ' , "b"', '"a", *'):
+        r = api.get(path, headers={"If-None-Match": inm})
+        assert r.status_code == 304 and r.headers.get("ETag") == etag, (inm, r.status_code)
+    for inm in ('"x", "y"', etag[:-1], 'x' + etag, '"x" ' + etag[1:], ""):
+        expect(api.get(path, headers={"If-None-Match": inm}), 200)
+
+
 def test_get_bad_and_unknown_ids(api):
     for bad in ("not-a-session-id", "session_0123456789ABCDEF0123456789ABCDEF",
                 "session_0123456789abcdef0123456789abcde", "session_0123456789abcdef0123456789abcdef0",
