@@ -470,6 +470,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def loopd_env(**extra):
+    """os.environ without LOOPD_* (the shell running the tests must not
+    configure the server under test), plus extra."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPD_")}
+    env.update(extra)
+    return env
+
+
+def run_loopd(*args, timeout=30, **extra_env):
+    """Runs `build/loopd ARGS` to its end in loopd_env(**extra_env)."""
+    return subprocess.run([LOOPD_BIN] + list(args), env=loopd_env(**extra_env),
+                          capture_output=True, timeout=timeout)
+
+
 def random_key():
     return "evr_pat_" + secrets.token_hex(24)
 
@@ -489,9 +503,7 @@ class Server:
     # -- lifecycle --
     def start(self):
         os.makedirs(self.data_dir, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPD_")}
-        env["LOOPD_BOOTSTRAP_KEY"] = self.key
-        env.update(self.extra_env)
+        env = loopd_env(**{"LOOPD_BOOTSTRAP_KEY": self.key, **self.extra_env})
         last_err = ""
         for _attempt in range(3):
             self.port = free_port()
@@ -576,9 +588,8 @@ class Server:
 
     def cli(self, *args, check=True):
         """Run `loopd <args> --data-dir DIR` (keys subcommands)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPD_")}
-        argv = [LOOPD_BIN] + list(args[:2]) + ["--data-dir", self.data_dir] + list(args[2:])
-        res = subprocess.run(argv, env=env, capture_output=True, timeout=30)
+        argv = list(args[:2]) + ["--data-dir", self.data_dir] + list(args[2:])
+        res = run_loopd(*argv)
         if check:
             assert res.returncode == 0, "%s failed (%d):\nstdout: %s\nstderr: %s" % (
                 argv, res.returncode, res.stdout.decode(errors="replace"),

@@ -1,13 +1,11 @@
 """Authentication, API keys, organizations and tenant isolation."""
-import os
 import re
-import subprocess
 
 import pytest
 import requests
 
-from conftest import (ANON_USER, DEFAULT_ORG, HARNESS_GENERIC, LOOPD_BIN, assert_problem,
-                      expect, random_key, validate, id_re)
+from conftest import (ANON_USER, DEFAULT_ORG, HARNESS_GENERIC, assert_problem, expect,
+                      random_key, run_loopd, validate, id_re)
 
 
 @pytest.mark.parametrize("scheme", ["", "Bearer ", "bearer ", "BEARER ", "ApiKey ", "apikey ", "APIKEY "])
@@ -204,19 +202,16 @@ def test_auth_none_mode(fresh_server):
 def test_keys_commands_need_the_servers_database(tmp_path):
     """`loopd keys` against a data dir with no database (a mistyped path)
     fails and names the path; it creates no database, org or key there."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPD_")}
     for args in (["create"], ["create", "--org", "new"], ["list"],
                  ["revoke", "key_0123456789abcdef0123456789abcdef"]):
         data = tmp_path / "typo"
-        res = subprocess.run([LOOPD_BIN, "keys"] + args[:1] + ["--data-dir", str(data)] + args[1:],
-                             env=env, capture_output=True, timeout=30)
+        res = run_loopd("keys", args[0], "--data-dir", str(data), *args[1:])
         err = res.stderr.decode()
         assert res.returncode == 1, (args, res)
         assert "no loopd database in " + str(data) in err, (args, err)
         assert b"evr_pat_" not in res.stdout + res.stderr, args
         assert not data.exists(), args
-    res = subprocess.run([LOOPD_BIN, "keys", "frob", "--data-dir", str(tmp_path)], env=env,
-                         capture_output=True, timeout=30)
+    res = run_loopd("keys", "frob", "--data-dir", str(tmp_path))
     assert res.returncode == 2 and b"unknown command" in res.stderr, res
 
 
@@ -225,11 +220,8 @@ def test_keys_commands_need_the_servers_database(tmp_path):
 def test_weak_or_malformed_bootstrap_key_is_refused(tmp_path, key):
     """LOOPD_BOOTSTRAP_KEY must be a usable secret: 16 to 200 visible ASCII
     characters.  Otherwise loopd exits 1 before it creates anything."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPD_")}
-    env["LOOPD_BOOTSTRAP_KEY"] = key
     data = tmp_path / "data"
-    res = subprocess.run([LOOPD_BIN, "--listen", "127.0.0.1:0", "--data-dir", str(data)],
-                         env=env, capture_output=True, timeout=30)
+    res = run_loopd("--listen", "127.0.0.1:0", "--data-dir", str(data), LOOPD_BOOTSTRAP_KEY=key)
     assert res.returncode == 1, res
     assert b"LOOPD_BOOTSTRAP_KEY must be" in res.stderr, res.stderr
     assert not data.exists()

@@ -7,7 +7,8 @@ import time
 
 import requests
 
-from conftest import LOOPD_BIN, assert_problem, expect, metric_value, random_key
+from conftest import (LOOPD_BIN, assert_problem, expect, loopd_env, metric_value, random_key,
+                      run_loopd)
 
 
 def test_healthz_needs_no_key(server):
@@ -181,9 +182,7 @@ def test_bad_or_taken_listen_address_leaves_nothing_behind(tmp_path):
         for listen, words in (("127.0.0.1:80000", "bad port"), ("nohost:9300", "not an IPv4"),
                               ("9300", "HOST:PORT"), (taken, "in use")):
             data = tmp_path / ("data-" + listen.replace(":", "_"))
-            env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPD_")}
-            res = subprocess.run([LOOPD_BIN, "--listen", listen, "--data-dir", str(data)],
-                                 env=env, capture_output=True, timeout=10)
+            res = run_loopd("--listen", listen, "--data-dir", str(data), timeout=10)
             err = res.stderr.decode()
             assert res.returncode == 1, (listen, err)
             assert words in err and "evr_pat_" not in err, (listen, err)
@@ -216,9 +215,8 @@ def test_env_variables_configure_listen(tmp_path):
     """LOOPD_* environment variables work like the flags."""
     from conftest import free_port
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPD_")}
-    env.update({"LOOPD_LISTEN": "127.0.0.1:%d" % port, "LOOPD_DATA_DIR": str(tmp_path / "envdata"),
-                "LOOPD_BOOTSTRAP_KEY": random_key(), "LOOPD_AUTH": "none"})
+    env = loopd_env(LOOPD_LISTEN="127.0.0.1:%d" % port, LOOPD_DATA_DIR=str(tmp_path / "envdata"),
+                    LOOPD_BOOTSTRAP_KEY=random_key(), LOOPD_AUTH="none")
     proc = subprocess.Popen([LOOPD_BIN], env=env, stdout=subprocess.DEVNULL,
                             stderr=open(str(tmp_path / "env.log"), "wb"))
     try:
