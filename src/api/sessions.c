@@ -323,28 +323,51 @@ static void patched_done(struct store_op *op)
     reply_fresh(r, op->id, 200);
 }
 
-/* If-Match: "*" or a quoted version; 0 = none, -1 after a 412/400 */
-static int64_t if_match(struct req *r)
+/* If-Match: "*" or a list of entity tags, any of which may match (RFC 9110
+ * 13.1.1).  A session's ETag is its version, so the list goes to the store
+ * as ",v1,v2,", the versions it names, for the UPDATE to find the current
+ * one in; *out stays NULL for none or "*".  A tag that is not a version can
+ * never match, and a list without one is a 412 at once.  W/ is taken as if
+ * strong: a compressing proxy weakens the tags it passes on, and a client
+ * echoing one still means the version it read.  0, or -1 after the 412. */
+static int if_match(struct req *r, const char **out)
 {
-    const char *im = req_header(r, "If-Match");
-    if (!im || strcmp(im, "*") == 0) return 0;
-    const char *p = im;
-    if (strncmp(p, "W/", 2) == 0) p += 2;
-    long long v = 0;
-    char tail;
-    if (sscanf(p, "\"%lld\"%c", &v, &tail) != 1 || v <= 0) {
-        reply_problem(r, LD_E_PRECONDITION,
-                      "If-Match does not match the current ETag of this resource");
-        return -1;
+    *out = NULL;
+    const char *p = req_header(r, "If-Match");
+    if (!p) return 0;
+    struct buf v;
+    buf_init(&v, strlen(p) + 2); /* never longer than the header: `"n"` gives `n,` */
+    int any = 0;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        if (!*p) break;
+        if (*p == '*') {
+            any = 1;
+            break;
+        }
+        if (strncmp(p, "W/", 2) == 0) p += 2;
+        const char *end = *p == '"' ? strchr(p + 1, '"') : NULL;
+        if (!end) break; /* not an entity tag: nothing further can be trusted */
+        const char *d = p + 1;
+        size_t n = (size_t)(end - d);
+        if (n > 0 && n <= 18 && *d != '0' && strspn(d, "0123456789") == n)
+            buf_printf(&v, "%s%.*s,", v.len ? "" : ",", (int)n, d);
+        p = end + 1;
     }
-    return v;
+    if (!any && v.len) *out = arena_strdup(&r->arena, v.data);
+    buf_free(&v);
+    if (any || *out) return 0;
+    reply_problem(r, LD_E_PRECONDITION,
+                  "If-Match does not match the current ETag of this resource");
+    return -1;
 }
 
 void h_session_patch(struct req *r)
 {
     if (path_id(r, 0, "session", "session")) return;
-    int64_t im = if_match(r);
-    if (im < 0) return;
+    const char *im;
+    if (if_match(r, &im)) return;
     json_t *body = body_object(r, 1);
     if (!body) return;
     struct session_patch *p = arena_alloc(&r->arena, sizeof(*p));

@@ -63,7 +63,7 @@ struct session_patch {
     const char *title, *tags, *locale, *goal;
     int set_identity; /* 1: agent_identity_id given (may be "") */
     const char *agent_identity_id;
-    int64_t if_match; /* expected version, 0 = any */
+    const char *if_match; /* ",v1,v2,": the versions If-Match names; NULL = any */
     int64_t now;
 };
 

@@ -216,7 +216,8 @@ static void session_patch(struct conn *c, struct store_op *op)
            " locale = coalesce(?5, locale), goal = coalesce(?6, goal),"
            " agent_identity_id = CASE WHEN ?7 THEN nullif(?8, '') ELSE agent_identity_id END,"
            " updated_at = max(?9, updated_at + 1), version = version + 1"
-           " WHERE org_id = ?1 AND id = ?2 AND (?10 = 0 OR version = ?10)");
+           " WHERE org_id = ?1 AND id = ?2"
+           " AND (?10 IS NULL OR instr(?10, ',' || version || ',') > 0)");
     if (!st) {
         fail(op, LD_E_STORAGE, "Storage error");
         return;
@@ -230,7 +231,7 @@ static void session_patch(struct conn *c, struct store_op *op)
     sqlite3_bind_int(st, 7, p->set_identity);
     bind_text(st, 8, p->agent_identity_id);
     sqlite3_bind_int64(st, 9, p->now);
-    sqlite3_bind_int64(st, 10, p->if_match);
+    if (p->if_match) bind_text(st, 10, p->if_match);
     if (step_done(c, st, op)) return;
     if (sqlite3_changes(c->db) == 1) return;
     if (session_exists(c, op))

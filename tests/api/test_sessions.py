@@ -828,6 +828,26 @@ def test_if_match_star(api):
     assert r.json()["title"] == "star 2"
 
 
+def test_if_match_takes_a_list(api):
+    """If-Match is "*" or a list of entity tags (RFC 9110 13.1.1): the PATCH
+    goes ahead when any of them is the current ETag, else 412 and nothing
+    changes.  Weak tags are taken as the version they name."""
+    s = api.create_session({"title": "list 0"})
+    path = "/v1/sessions/" + s["id"]
+    for i, im in enumerate(('"x", {0}', '{0},"x"', '"7", W/{0} , "9"', '"a", *', '{0} ,')):
+        etag = expect(api.get(path), 200).headers["ETag"]
+        title = "list %d" % (i + 1)
+        r = expect(api.patch(path, {"title": title}, headers={"If-Match": im.format(etag)}), 200)
+        assert r.json()["title"] == title and r.headers["ETag"] != etag, im
+    etag = expect(api.get(path), 200).headers["ETag"]
+    v = int(etag.strip('"'))
+    for im in ('"x", "y"', '"%d", "%d"' % (v - 1, v + 1), etag[:-1], 'x' + etag, '"0%d"' % v,
+               '"%d"' % (v + 10 ** 18), '"%d ", " %d"' % (v, v), '"-%d"' % v, ",", ""):
+        assert_problem(api.patch(path, {"title": "lost"}, headers={"If-Match": im}), 412)
+    after = expect(api.get(path), 200)
+    assert after.headers["ETag"] == etag and after.json()["title"] == "list 5"
+
+
 def test_json_escapes_roundtrip(api):
     title = 'quote " backslash \\ newline \n tab \t ctrl \x01 emoji \U0001F600 ü'
     s = api.create_session({"title": title, "tags": ["\U0001F600", "a/b", "<script>"]})
