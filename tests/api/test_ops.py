@@ -155,19 +155,20 @@ def test_wrong_method_is_405_with_allow(api):
 
 def test_help_and_version():
     for flag in ("--help", "--version"):
-        res = subprocess.run([LOOPD_BIN, flag], capture_output=True, timeout=10)
+        res = run_loopd(flag, timeout=10)
         assert res.returncode == 0, (flag, res)
         out = (res.stdout + res.stderr).decode()
         assert out.strip(), flag
-    res = subprocess.run([LOOPD_BIN, "--help"], capture_output=True, timeout=10)
+    res = run_loopd("--help", timeout=10)
     text = (res.stdout + res.stderr).decode()
     for opt in ("--listen", "--data-dir", "--auth", "--max-body"):
         assert opt in text, "--help does not mention %s" % opt
 
 
 def test_unknown_flag_fails():
-    res = subprocess.run([LOOPD_BIN, "--no-such-flag"], capture_output=True, timeout=10)
-    assert res.returncode != 0
+    res = run_loopd("--no-such-flag", timeout=10)
+    assert res.returncode == 2, res
+    assert b"--no-such-flag" in res.stderr, res
 
 
 def test_bad_or_taken_listen_address_leaves_nothing_behind(tmp_path):
