@@ -33,6 +33,10 @@ json_t *body_object(struct req *r, int allow_empty)
     json_t *v = jfast_parse(p, n);
     if (!v) v = json_loadb(p, n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &e);
     if (!v) {
+        /* jansson names its own flag here, which means nothing to a client */
+        static const char flag[] = " without JSON_ALLOW_NUL";
+        char *f = strstr(e.text, flag);
+        if (f) memmove(f, f + sizeof flag - 1, strlen(f + sizeof flag - 1) + 1);
         reply_problem(r, LD_E_BAD_JSON, "Malformed JSON at line %d, column %d: %s", e.line,
                       e.column, e.text);
         return NULL;
