@@ -910,10 +910,13 @@ static int hexval(int c)
     return -1;
 }
 
+static void fail(struct hconn *c, enum ld_err e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Percent-decodes [s, s+n) into the arena ('+' is a space in a query);
- * NULL if the result would hold a NUL or invalid UTF-8, or an escape is
- * malformed. */
-static char *decode(struct arena *a, const char *s, size_t n, int plus)
+ * NULL if an escape is malformed or the result would hold a NUL or invalid
+ * UTF-8, with *why (if given) saying which. */
+static char *decode(struct arena *a, const char *s, size_t n, int plus, const char **why)
 {
     char *o = arena_alloc(a, n + 1), *q = o;
     for (size_t i = 0; i < n; i++) {
@@ -921,9 +924,15 @@ static char *decode(struct arena *a, const char *s, size_t n, int plus)
         if (ch == '%') {
             int hi = i + 1 < n ? hexval((unsigned char)s[i + 1]) : -1;
             int lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
-            if (hi < 0 || lo < 0) return NULL;
+            if (hi < 0 || lo < 0) {
+                if (why) *why = "a malformed percent-escape (a % must begin %XX)";
+                return NULL;
+            }
             ch = (char)(hi * 16 + lo);
-            if (!ch) return NULL;
+            if (!ch) {
+                if (why) *why = "%00 (a NUL byte is not allowed)";
+                return NULL;
+            }
             i += 2;
         } else if (ch == '+' && plus) {
             ch = ' ';
@@ -932,11 +941,15 @@ static char *decode(struct arena *a, const char *s, size_t n, int plus)
     }
     *q = 0;
     /* values reach JSON (problem details, stored fields): UTF-8 only */
-    return utf8_valid(o, (size_t)(q - o)) ? o : NULL;
+    if (utf8_valid(o, (size_t)(q - o))) return o;
+    if (why) *why = "bytes that are not UTF-8 once decoded";
+    return NULL;
 }
 
-static int parse_query(struct req *r, const char *q, size_t n)
+/* 0, or -1 with the 400 answered naming the parameter and the fault */
+static int parse_query(struct hconn *c, const char *q, size_t n)
 {
+    struct req *r = c->r;
     int cap = 1;
     for (size_t i = 0; i < n; i++)
         if (q[i] == '&') cap++;
@@ -949,10 +962,18 @@ static int parse_query(struct req *r, const char *q, size_t n)
         if (j > i) {
             const char *eq = memchr(q + i, '=', j - i);
             size_t kl = eq ? (size_t)(eq - (q + i)) : j - i;
-            char *k = decode(&r->arena, q + i, kl, 1);
-            char *v = eq ? decode(&r->arena, eq + 1, (size_t)(q + j - eq - 1), 1)
+            const char *why = NULL;
+            char *k = decode(&r->arena, q + i, kl, 1, &why);
+            if (!k) {
+                fail(c, LD_E_BAD_REQUEST, "A query parameter's name holds %s", why);
+                return -1;
+            }
+            char *v = eq ? decode(&r->arena, eq + 1, (size_t)(q + j - eq - 1), 1, &why)
                          : arena_strdup(&r->arena, "");
-            if (!k || !v) return -1;
+            if (!v) {
+                fail(c, LD_E_BAD_REQUEST, "Query parameter '%.64s' holds %s", k, why);
+                return -1;
+            }
             r->query[r->nquery].name = k;
             r->query[r->nquery].value = v;
             r->nquery++;
@@ -991,8 +1012,6 @@ static struct req *req_new(struct hconn *c)
 }
 
 /* An error found while receiving: answer it and close the connection. */
-static void fail(struct hconn *c, enum ld_err e, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 static void fail(struct hconn *c, enum ld_err e, const char *fmt, ...)
 {
     struct req *r = c->r ? c->r : req_new(c);
@@ -1121,13 +1140,9 @@ static int parse_head(struct hconn *c, size_t hlen)
     size_t pl = qm ? (size_t)(qm - t) : tl;
     /* a path that does not decode (a bad escape, or %00) is routed as it
      * came, so the answer names what is wrong with it (an ID, a route) */
-    const char *path = decode(&r->arena, t, pl, 0);
+    const char *path = decode(&r->arena, t, pl, 0, NULL);
     r->path = path ? path : arena_strndup(&r->arena, t, pl);
-    if (qm && parse_query(r, qm + 1, (size_t)(t + tl - qm - 1))) {
-        fail(c, LD_E_BAD_REQUEST,
-             "The query string has a malformed percent-escape or is not valid UTF-8");
-        return -1;
-    }
+    if (qm && parse_query(c, qm + 1, (size_t)(t + tl - qm - 1))) return -1;
     /* headers */
     size_t hbytes = hlen - (size_t)(eol + 2 - c->in);
     if (hbytes > (size_t)s->cfg->max_header) {

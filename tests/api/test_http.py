@@ -137,8 +137,15 @@ def test_query_plus_is_a_space(api, server):
 
 
 def test_malformed_query_escape_is_a_problem(server):
-    resp = raw_request(server.port, _get("/v1/sessions?search=%zz", server.key))
-    assert_problem(resp, 400, detail_contains="percent-escape")
+    """The 400 names the parameter and what is wrong with its value."""
+    for q, says in (("search=%zz", ("'search'", "malformed percent-escape")),
+                    ("limit=5&search=a%2", ("'search'", "malformed percent-escape")),
+                    ("search=a%00b", ("'search'", "%00", "NUL")),
+                    ("order=%ff", ("'order'", "not UTF-8")),
+                    ("sea%zzrch=x", ("name", "malformed percent-escape")),
+                    ("%00=x", ("name", "%00"))):
+        resp = raw_request(server.port, _get("/v1/sessions?" + q, server.key))
+        assert_problem(resp, 400, detail_contains=says)
 
 
 def test_query_or_path_not_utf8_is_a_problem_in_valid_json(server):
