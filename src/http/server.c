@@ -1084,6 +1084,34 @@ static int codings_check(struct hconn *c, const struct codings *k, int malformed
     return 0;
 }
 
+/* Headers that may appear once (the first H_NSINGLE), then the two list
+ * headers whose lines are joined; header_kind() finds them by length first,
+ * since most headers are none of these. */
+enum { H_HOST, H_AUTH, H_ORG, H_IDEM, H_CTYPE, H_LEID, H_NSINGLE, H_IFM = H_NSINGLE, H_IFNM };
+static const char *const single_name[H_NSINGLE] = {
+    "Host", "Authorization", "X-Org-Id", "Idempotency-Key", "Content-Type", "Last-Event-ID"};
+
+static int header_kind(const char *name, size_t n)
+{
+    switch (n) {
+    case 4:
+        return strcasecmp(name, "Host") == 0 ? H_HOST : -1;
+    case 8:
+        if (strcasecmp(name, "X-Org-Id") == 0) return H_ORG;
+        return strcasecmp(name, "If-Match") == 0 ? H_IFM : -1;
+    case 12:
+        return strcasecmp(name, "Content-Type") == 0 ? H_CTYPE : -1;
+    case 13:
+        if (strcasecmp(name, "Authorization") == 0) return H_AUTH;
+        if (strcasecmp(name, "Last-Event-ID") == 0) return H_LEID;
+        return strcasecmp(name, "If-None-Match") == 0 ? H_IFNM : -1;
+    case 15:
+        return strcasecmp(name, "Idempotency-Key") == 0 ? H_IDEM : -1;
+    default:
+        return -1;
+    }
+}
+
 /* Parses the head in in[0, hlen): request line and headers.  0 ok, -1
  * answered (the connection closes). */
 static int parse_head(struct hconn *c, size_t hlen)
@@ -1156,6 +1184,8 @@ static int parse_head(struct hconn *c, size_t hlen)
     r->hdrs = arena_alloc(&r->arena, sizeof(*r->hdrs) * (size_t)cap);
     const char *cl = NULL, *te = NULL, *expect = NULL, *conn = NULL;
     int cl_conflict = 0, te_malformed = 0;
+    unsigned seen = 0;         /* H_* bits of the single-valued headers met */
+    int list_at[2] = {-1, -1}; /* r->hdrs index of If-Match, If-None-Match */
     struct codings codings = {0};
     for (p = eol + 2; p < end;) {
         const char *le = memchr(p, '\r', (size_t)(end - p) + 1);
@@ -1184,11 +1214,36 @@ static int parse_head(struct hconn *c, size_t hlen)
         }
         char *name = arena_strndup(&r->arena, p, (size_t)(colon - p));
         char *value = arena_strndup(&r->arena, v, (size_t)(ve - v));
+        size_t nl = (size_t)(colon - p);
+        int h = header_kind(name, nl);
+        if (h >= 0 && h < H_NSINGLE) {
+            /* one value or none: which of two would count is a guess that a
+             * proxy in front of loopd may have guessed otherwise */
+            if (seen & 1u << h) {
+                fail(c, LD_E_BAD_REQUEST, "More than one %s header", single_name[h]);
+                return -1;
+            }
+            seen |= 1u << h;
+        } else if (h >= H_NSINGLE) {
+            /* a list may come on several lines: one value, in order (RFC 9110 5.3) */
+            int at = list_at[h - H_NSINGLE];
+            if (at >= 0) {
+                struct req_kv *prev = &r->hdrs[at];
+                size_t n1 = strlen(prev->value), n2 = (size_t)(ve - v);
+                char *joined = arena_alloc(&r->arena, n1 + n2 + 3);
+                memcpy(joined, prev->value, n1);
+                memcpy(joined + n1, ", ", 2);
+                memcpy(joined + n1 + 2, value, n2 + 1);
+                prev->value = joined;
+                p = le + 2;
+                continue;
+            }
+            list_at[h - H_NSINGLE] = r->nhdrs;
+        }
         r->hdrs[r->nhdrs].name = name;
         r->hdrs[r->nhdrs].value = value;
         r->nhdrs++;
         /* by length first: most headers are none of these four */
-        size_t nl = (size_t)(colon - p);
         if (nl == 14 && strcasecmp(name, "Content-Length") == 0) {
             if (cl && strcmp(cl, value) != 0) cl_conflict = 1;
             cl = value;
@@ -1201,6 +1256,10 @@ static int parse_head(struct hconn *c, size_t hlen)
             conn = value;
         }
         p = le + 2;
+    }
+    if (!r->http10 && !(seen & 1u << H_HOST)) { /* RFC 9112 3.2 */
+        fail(c, LD_E_BAD_REQUEST, "An HTTP/1.1 request needs a Host header");
+        return -1;
     }
     if (c->eof)
         c->close_after = 1;

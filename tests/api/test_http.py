@@ -271,3 +271,58 @@ def test_half_closed_client_still_gets_its_answer(server):
     resp = parse_raw_response(buf)
     assert resp is not None and resp.status_code == 201, buf[:300]
     assert resp.json()["title"] == "half close"
+
+
+def test_a_single_valued_header_sent_twice_is_refused(api, server):
+    """Which of two Authorization (or X-Org-Id, Idempotency-Key, ...) lines
+    counts is a guess a proxy in front may have made otherwise: 400 naming
+    the header, and nothing is written."""
+    key = server.key.encode()
+    org = b"org_00000000000000000000000000000001"
+    before = expect(api.get("/v1/sessions?limit=1"), 200).json()["total"]
+    body = b'{"title": "twice"}'
+    post = (b"POST /v1/sessions HTTP/1.1\r\nAuthorization: %s\r\nContent-Length: %d\r\n"
+            % (key, len(body)))
+    for extra, name in ((b"Host: x\r\nHost: y\r\n", "Host"),
+                        (b"Host: x\r\nAuthorization: Bearer evr_pat_other\r\n", "Authorization"),
+                        (b"Host: x\r\nX-Org-Id: %s\r\nx-org-id: %s\r\n" % (org, org), "X-Org-Id"),
+                        (b"Host: x\r\nIdempotency-Key: a\r\nIdempotency-Key: b\r\n",
+                         "Idempotency-Key"),
+                        (b"Host: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Type: text/plain\r\n", "Content-Type")):
+        resp = raw_request(server.port, post + extra + b"\r\n" + body)
+        assert_problem(resp, 400, detail="More than one %s header" % name)
+    resp = raw_request(server.port, _get("/v1/sessions/x/sse", server.key,
+                                         extra=b"Last-Event-ID: a\r\nLast-Event-ID: b\r\n"))
+    assert_problem(resp, 400, detail="More than one Last-Event-ID header")
+    assert expect(api.get("/v1/sessions?limit=1"), 200).json()["total"] == before
+
+
+def test_http11_needs_a_host_header(server):
+    """RFC 9112 3.2: an HTTP/1.1 request without Host is a 400; HTTP/1.0
+    had no Host and is served."""
+    resp = raw_request(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+    assert_problem(resp, 400, detail="An HTTP/1.1 request needs a Host header")
+    resp = raw_request(server.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert resp.status_code == 200, resp
+
+
+def test_a_list_header_on_two_lines_is_one_list(api, server):
+    """RFC 9110 5.3: If-None-Match or If-Match sent as two lines means the
+    two lists joined; the second line counts as much as the first."""
+    sid = expect(api.post("/v1/sessions", {"title": "two lines"}), 201).json()["id"]
+    path = "/v1/sessions/" + sid
+    etag = expect(api.get(path), 200).headers["ETag"].encode()
+    resp = raw_request(server.port, _get(path, server.key,
+                                         extra=b'If-None-Match: "x"\r\nIf-None-Match: %s\r\n' % etag))
+    assert resp.status_code == 304, resp
+    resp = raw_request(server.port, _get(path, server.key,
+                                         extra=b'If-None-Match: "x"\r\nIf-None-Match: "y"\r\n'))
+    assert resp.status_code == 200, resp
+    body = b'{"title": "second line"}'
+    resp = raw_request(server.port, b"PATCH %s HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n"
+                       b'Content-Type: application/json\r\nIf-Match: "x"\r\nIf-Match: %s\r\n'
+                       b"Content-Length: %d\r\n\r\n%s"
+                       % (path.encode(), server.key.encode(), etag, len(body), body))
+    assert resp.status_code == 200, resp
+    assert expect(api.get(path), 200).json()["title"] == "second line"
