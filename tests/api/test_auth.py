@@ -167,15 +167,28 @@ def test_keys_revoke_unknown_fails(fresh_server):
     assert res.returncode != 0
 
 
-def test_bootstrap_key_only_used_first_time(fresh_server):
-    """LOOPD_BOOTSTRAP_KEY seeds the first key; a restart with another value
-    does not replace the stored key."""
+def test_bootstrap_key_on_a_later_start(fresh_server):
+    """A restart with another LOOPD_BOOTSTRAP_KEY keeps the stored key and
+    adds the new one (a script can count on its key); a bootstrap key that
+    was revoked stays revoked however often the server starts with it."""
     srv = fresh_server()
-    old = srv.key
+    first = srv.key
     srv.stop_clean()
     srv.key = random_key()
     srv.start()
-    expect(srv.client(key=old).get("/v1/sessions"), 200)
+    expect(srv.client(key=first).get("/v1/sessions"), 200)
+    expect(srv.client().get("/v1/sessions"), 200)
+    second = srv.key
+    assert sorted(k["name"] for k in srv.keys_list()) == ["bootstrap", "bootstrap"]
+    boot = [k for k in srv.keys_list() if second.startswith(k["prefix"])]
+    assert len(boot) == 1, boot
+    srv.cli("keys", "revoke", boot[0]["key_id"])
+    assert_problem(srv.client(key=second).get("/v1/sessions"), 401)
+    srv.stop_clean()
+    srv.start()  # LOOPD_BOOTSTRAP_KEY is still the revoked key
+    assert_problem(srv.client(key=second).get("/v1/sessions"), 401)
+    expect(srv.client(key=first).get("/v1/sessions"), 200)
+    assert len(srv.keys_list()) == 2
 
 
 def test_auth_none_mode(fresh_server):
