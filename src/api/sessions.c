@@ -536,6 +536,12 @@ void h_sessions_list(struct req *r)
     if (page_params(r, &f.offset, &f.limit)) return;
     f.agent_id = req_query(r, "agent_id");
     if (f.agent_id && !*f.agent_id) f.agent_id = NULL;
+    /* an unknown agent is an empty page (section 12), a malformed ID a 400 */
+    char why[160];
+    if (f.agent_id && id_check("agent", f.agent_id, why, sizeof(why))) {
+        reply_problem(r, LD_E_BAD_REQUEST, "agent_id: Invalid agent ID: %s", why);
+        return;
+    }
     f.search = req_query(r, "search");
     if (f.search && !*f.search) f.search = NULL;
     if (f.search && strlen(f.search) > LD_SEARCH_MAX) {

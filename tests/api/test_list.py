@@ -121,6 +121,11 @@ def test_filter_agent_id(lsrv):
     assert all(s["agent_id"] == lsrv.agent["id"] for s in b["data"])
     b = listing(c, agent_id="agent_0123456789abcdef0123456789abcdef")
     assert b["total"] == 0 and b["data"] == []
+    # a malformed ID (a name, another kind, bad hex) is a 400, as in a path
+    for bad in ("agent_x", lsrv.agent["name"], "session_0123456789abcdef0123456789abcdef",
+                "agent_0123456789ABCDEF0123456789ABCDEF"):
+        assert_problem(c.get("/v1/sessions", params={"agent_id": bad}), 400,
+                       detail_startswith="agent_id: Invalid agent ID: ")
 
 
 def test_filter_status(lsrv):
