@@ -92,13 +92,15 @@ static const struct opt opts[] = {
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 
-static int set_opt(struct config *c, const struct opt *o, const char *v, const char *src)
+/* who: how the user gave the value ("--max-body", "LOOPD_MAX_BODY"), so a
+ * complaint names what they typed */
+static int set_opt(struct config *c, const struct opt *o, const char *v, const char *who)
 {
     char *base = (char *)c + o->off;
     switch (o->type) {
     case OPT_STR:
         if (strlen(v) >= o->size) {
-            fprintf(stderr, "loopd: %s %s: value too long\n", src, o->name);
+            fprintf(stderr, "loopd: %s: value too long (at most %zu bytes)\n", who, o->size - 1);
             return -1;
         }
         strcpy(base, v);
@@ -108,8 +110,8 @@ static int set_opt(struct config *c, const struct opt *o, const char *v, const c
         char *end;
         long x = strtol(v, &end, 10);
         if (errno || end == v || *end || x < o->min || x > o->max) {
-            fprintf(stderr, "loopd: %s %s: '%s' is not a whole number from %ld to %ld\n", src,
-                    o->name, v, o->min, o->max);
+            fprintf(stderr, "loopd: %s: '%s' is not a whole number from %ld to %ld\n", who, v,
+                    o->min, o->max);
             return -1;
         }
         *(long *)(void *)base = x;
@@ -126,7 +128,7 @@ static int set_opt(struct config *c, const struct opt *o, const char *v, const c
             }
             p = bar ? bar + 1 : NULL;
         }
-        fprintf(stderr, "loopd: %s %s: '%s' is not one of %s\n", src, o->name, v, o->enums);
+        fprintf(stderr, "loopd: %s: '%s' is not one of %s\n", who, v, o->enums);
         return -1;
     }
     }
@@ -201,7 +203,7 @@ int config_load(struct config *c, int argc, char **argv, int *rest)
 {
     memset(c, 0, sizeof(*c));
     for (size_t i = 0; i < NOPTS; i++)
-        if (set_opt(c, &opts[i], opts[i].def, "default")) return -1;
+        if (set_opt(c, &opts[i], opts[i].def, opts[i].name)) return -1;
     for (size_t i = 0; i < NOPTS; i++) {
         char env[64];
         env_name(opts[i].name, env, sizeof(env));
@@ -235,7 +237,9 @@ int config_load(struct config *c, int argc, char **argv, int *rest)
             fprintf(stderr, "loopd: option --%s needs a value\n", o->name);
             return -1;
         }
-        if (set_opt(c, o, v, "flag")) return -1;
+        char who[64];
+        snprintf(who, sizeof(who), "--%s", o->name);
+        if (set_opt(c, o, v, who)) return -1;
     }
     if (check_urls(c)) return -1;
     if (rest) *rest = a;

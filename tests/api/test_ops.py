@@ -171,6 +171,26 @@ def test_unknown_flag_fails():
     assert b"--no-such-flag" in res.stderr, res
 
 
+def test_bad_value_names_the_flag_or_variable_as_given(tmp_path):
+    """A bad value exits 2 before anything is created, and the message
+    names the option the way the user gave it: --flag or LOOPD_VAR."""
+    cases = (
+        (("--max-body", "abc"), {}, "--max-body: 'abc' is not a whole number from 1024"),
+        (("--max-body=99",), {}, "--max-body: '99' is not a whole number"),
+        (("--log-level", "loud"), {}, "--log-level: 'loud' is not one of debug|info"),
+        (("--listen", "a" * 300), {}, "--listen: value too long"),
+        ((), {"LOOPD_MAX_BODY": "abc"}, "LOOPD_MAX_BODY: 'abc' is not a whole number"),
+        ((), {"LOOPD_AUTH": "maybe"}, "LOOPD_AUTH: 'maybe' is not one of keys|none"),
+    )
+    for i, (args, env, words) in enumerate(cases):
+        data = tmp_path / ("data%d" % i)
+        res = run_loopd("--data-dir", str(data), *args, timeout=10, **env)
+        err = res.stderr.decode()
+        assert res.returncode == 2, (args, env, err)
+        assert err.startswith("loopd: " + words), (args, env, err)
+        assert not data.exists(), (args, env)
+
+
 def test_bad_or_taken_listen_address_leaves_nothing_behind(tmp_path):
     """A typo in --listen, or a port another process holds, fails at once
     with a message naming it, before the data dir or a key is created."""
