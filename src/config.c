@@ -92,8 +92,9 @@ static const struct opt opts[] = {
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 
-/* who: how the user gave the value ("--max-body", "LOOPD_MAX_BODY"), so a
- * complaint names what they typed */
+/* who: how the value was given ("--max-body", "LOOPD_MAX_BODY"), so a
+ * complaint names what the user typed; a built-in default passes the bare
+ * name (it fails only if the table above is wrong) */
 static int set_opt(struct config *c, const struct opt *o, const char *v, const char *who)
 {
     char *base = (char *)c + o->off;
